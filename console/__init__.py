@@ -1,0 +1,1 @@
+"""flowdeck console: the Textual app and the command line."""

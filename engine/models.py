@@ -1,0 +1,331 @@
+"""Pydantic models of workflow files and the run-time status vocabulary.
+
+Spec models (`WorkflowSpec` and what it holds) describe a workflow file; every model forbids
+unknown keys so a typo is reported instead of silently ignored. Status enums and their allowed
+transitions are the state machine that the runner and the store both follow.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+
+class InputSpec(_Spec):
+    """One declared workflow input."""
+
+    type: Literal["string", "integer", "number", "boolean", "object", "array"] = "string"
+    """JSON type the value must have; `--input k=v` strings are converted to it."""
+    required: bool = False
+    """A run cannot start without it (unless `default` is set)."""
+    default: Any = None
+    """Value used when the input is not given."""
+    description: str = ""
+    """Shown by `flowdeck show` and the console."""
+
+
+class RetryPolicy(_Spec):
+    """How often and how patiently a step is retried (through tenacity, see engine/retries.py)."""
+
+    attempts: int = Field(default=1, ge=1, le=100)
+    """Total attempts including the first one."""
+    backoff: Literal["exponential", "fixed", "immediate", "none"] = "exponential"
+    """Wait shape between attempts; `immediate` and `none` do not wait."""
+    initial: float = Field(default=0.5, ge=0)
+    """First wait in seconds."""
+    max: float = Field(default=10.0, ge=0)
+    """Upper bound of any wait, `Retry-After` included."""
+    multiplier: float = Field(default=2.0, ge=1)
+    """Growth factor of exponential backoff."""
+    jitter: bool = True
+    """Randomise waits (full jitter) so retries of many steps do not align."""
+    on_exit_codes: list[int] = Field(default_factory=list)
+    """Shell exit codes that are worth retrying; any other non-zero exit is final."""
+    on_error: list[str] = Field(default_factory=list)
+    """Extra error classes to retry (e.g. `validation` for an llm that answered badly)."""
+
+
+class AgentSpec(_Spec):
+    """An agent declared under `agents:`; `kind` picks the implementation in the registry."""
+
+    kind: str
+    """Registered agent kind: python, shell, http, llm."""
+    base_url: str | None = None
+    """http/llm: prefix of every request path."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds per attempt for steps of this agent (the step's own `timeout` wins)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """http/llm: headers sent with every request."""
+    model: str | None = None
+    """llm: model name sent to the endpoint."""
+    api_key_env: str | None = None
+    """llm/http: name of the environment variable holding the bearer token."""
+    temperature: float | None = None
+    """llm: sampling temperature."""
+    concurrency: int | None = Field(default=None, ge=1)
+    """At most this many steps of this agent run at once (across runs of one engine)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """shell: environment added to every command."""
+    cwd: str | None = None
+    """shell: working directory of every command."""
+    max_output: int = Field(default=65536, ge=1024)
+    """shell: bytes of stdout/stderr kept (the rest is cut, with a marker)."""
+    breaker: dict[str, Any] | None = None
+    """Circuit breaker settings for this agent (see engine/breaker.py)."""
+
+
+class ReviewSpec(_Spec):
+    """A human review gate in front of a step's action."""
+
+    when: str = "always"
+    """`always`, `destructive`, or a confidence condition such as `confidence < 0.8`."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds to wait for a decision; then `on_timeout` applies."""
+    on_timeout: Literal["reject", "approve", "fail"] = "reject"
+    """What a timeout decides."""
+    reason: str | None = None
+    """Why a human must look, shown to the reviewer."""
+    confidence: str | None = None
+    """Expression giving the confidence (e.g. `${{ steps.triage.output.confidence }}`)."""
+    learn: bool = True
+    """Whether repeated approvals of this operation may turn into auto-approval."""
+
+    @field_validator("when")
+    @classmethod
+    def _check_when(cls, v: str) -> str:
+        if v in ("always", "destructive", "never") or re.fullmatch(
+            r"\s*confidence\s*(<|<=)\s*(0(\.\d+)?|1(\.0+)?)\s*", v
+        ):
+            return v
+        raise ValueError("must be 'always', 'destructive' or 'confidence < NUMBER' (0..1)")
+
+
+class CaptureSpec(_Spec):
+    """A read taken before a destructive action, kept as the undo entry's before-state."""
+
+    agent: str | None = None
+    """Agent of the read; defaults to the step's agent."""
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    """Parameters of the read."""
+
+
+class UndoSpec(_Spec):
+    """How to take back a destructive step."""
+
+    agent: str | None = None
+    """Agent of the compensating action; defaults to the step's agent."""
+    with_: dict[str, Any] | None = Field(default=None, alias="with")
+    """Parameters of the compensating action (expressions may use `inputs`, `steps`, `output`, `before`)."""
+    handler: str | None = None
+    """python steps: a registered undo handler name instead of `with`."""
+    ttl: float = Field(default=3600, gt=0)
+    """Seconds the action stays undoable."""
+    description: str | None = None
+    """What undoing does, in words."""
+    capture: CaptureSpec | None = None
+    """A read made before the action; its output is available as `before`."""
+
+    @model_validator(mode="after")
+    def _one_action(self) -> UndoSpec:
+        if self.with_ is None and self.handler is None:
+            raise ValueError("undo needs `with` (a compensating action) or `handler`")
+        return self
+
+
+class RouteCandidate(_Spec):
+    """One candidate of a routing step."""
+
+    target: str
+    """Step id (or agent id) chosen when this candidate wins."""
+    confidence: float | str
+    """A fixed score 0..1, or an expression giving it."""
+
+
+class RouteSpec(_Spec):
+    """Pick the best candidate by confidence; below `threshold` a human picks."""
+
+    candidates: list[RouteCandidate] = Field(min_length=1)
+    threshold: float = Field(default=0.0, ge=0, le=1)
+
+
+class StepSpec(_Spec):
+    """One step of a workflow."""
+
+    agent: str | None = None
+    """Agent id from `agents:` that performs the step (not needed for `route` steps)."""
+    needs: list[str] = Field(default_factory=list)
+    """Steps that must succeed first."""
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    """Parameters of the action; strings may hold `${{ ... }}` expressions."""
+    description: str = ""
+    """Shown in the console and `flowdeck show`."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds per attempt (default: agent timeout, then workflow defaults)."""
+    retry: RetryPolicy | None = None
+    """Retry policy; fields not given come from `defaults.retry`."""
+    priority: int = 0
+    """Higher starts first when concurrency slots are scarce."""
+    destructive: bool = False
+    """The action changes the outside world in a way someone may want to take back."""
+    idempotent: bool | None = None
+    """Safe to repeat after a crash; default: shell, python and HTTP GET/HEAD are."""
+    optional: bool = False
+    """A failure or rejection of this step does not fail the run."""
+    review: ReviewSpec | None = None
+    """Human review gate before the action."""
+    undo: UndoSpec | None = None
+    """Compensating action for a destructive step."""
+    route: RouteSpec | None = None
+    """Routing step: picks one of several candidates by confidence."""
+
+    @field_validator("needs", mode="before")
+    @classmethod
+    def _needs_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class DefaultsSpec(_Spec):
+    """Settings every step inherits unless it sets its own."""
+
+    timeout: float = Field(default=30.0, gt=0)
+    """Seconds per attempt."""
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    """Default retry policy."""
+
+
+class WorkflowSpec(_Spec):
+    """A whole workflow file."""
+
+    name: str
+    """Letters, digits, `-` and `_`."""
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    agents: dict[str, AgentSpec] = Field(default_factory=dict)
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    concurrency: int = Field(default=16, ge=1)
+    """At most this many steps of one run at once."""
+    steps: dict[str, StepSpec] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use only letters, digits, '-' and '_'")
+        return v
+
+    def retry_for(self, step: StepSpec) -> RetryPolicy:
+        """The effective retry policy of `step` (its own fields over `defaults.retry`)."""
+        if step.retry is None:
+            return self.defaults.retry
+        merged = self.defaults.retry.model_dump()
+        merged.update(step.retry.model_dump(exclude_unset=True))
+        return RetryPolicy.model_validate(merged)
+
+    def timeout_for(self, step: StepSpec) -> float:
+        """The effective per-attempt timeout of `step` in seconds."""
+        if step.timeout is not None:
+            return step.timeout
+        agent = self.agents.get(step.agent or "")
+        if agent is not None and agent.timeout is not None:
+            return agent.timeout
+        return self.defaults.timeout
+
+
+# --------------------------------------------------------------------------- statuses
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    """Stopped by a signal or a crash; `flowdeck resume` continues it."""
+
+    @property
+    def ended(self) -> bool:
+        return self in RUN_ENDED
+
+
+RUN_ENDED = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    """Waiting for its needs."""
+    READY = "ready"
+    """Needs done, waiting for a concurrency slot."""
+    RUNNING = "running"
+    RETRYING = "retrying"
+    """Waiting out a backoff before the next attempt."""
+    WAITING_REVIEW = "waiting_review"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def ended(self) -> bool:
+        return self in STEP_ENDED
+
+
+STEP_ENDED = frozenset(
+    {
+        StepStatus.SUCCEEDED,
+        StepStatus.FAILED,
+        StepStatus.SKIPPED,
+        StepStatus.CANCELLED,
+        StepStatus.REJECTED,
+    }
+)
+
+_S = StepStatus
+STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
+    _S.PENDING: frozenset({_S.READY, _S.SKIPPED, _S.CANCELLED}),
+    _S.READY: frozenset({_S.RUNNING, _S.WAITING_REVIEW, _S.SKIPPED, _S.CANCELLED, _S.PENDING}),
+    _S.WAITING_REVIEW: frozenset({_S.READY, _S.RUNNING, _S.REJECTED, _S.FAILED, _S.CANCELLED, _S.SUCCEEDED}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.RETRYING, _S.CANCELLED, _S.WAITING_REVIEW, _S.READY, _S.PENDING}),
+    _S.RETRYING: frozenset({_S.RUNNING, _S.FAILED, _S.CANCELLED, _S.READY, _S.PENDING}),
+    _S.SUCCEEDED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.SKIPPED: frozenset(),
+    _S.CANCELLED: frozenset(),
+    _S.REJECTED: frozenset(),
+}
+"""Allowed step transitions. Going back to pending/ready only happens on resume of an
+interrupted run (an in-flight step that is safe to repeat)."""
+
+_R = RunStatus
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    _R.PENDING: frozenset({_R.RUNNING, _R.CANCELLED, _R.FAILED}),
+    _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.CANCELLED, _R.INTERRUPTED}),
+    _R.INTERRUPTED: frozenset({_R.RUNNING, _R.CANCELLED}),
+    _R.SUCCEEDED: frozenset(),
+    _R.FAILED: frozenset(),
+    _R.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A status change the state machine does not allow: a bug, never user input."""
+
+
+def check_step_transition(old: StepStatus, new: StepStatus) -> None:
+    if new not in STEP_TRANSITIONS[old]:
+        raise IllegalTransition(f"step cannot go from {old} to {new}")
+
+
+def check_run_transition(old: RunStatus, new: RunStatus) -> None:
+    if new not in RUN_TRANSITIONS[old]:
+        raise IllegalTransition(f"run cannot go from {old} to {new}")
