@@ -1,0 +1,1 @@
+"""Subcommands of `flowdeck`, one module per group."""

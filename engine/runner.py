@@ -1,0 +1,812 @@
+"""The DAG runner: starts each step as soon as its needs succeeded, within concurrency limits.
+
+`Engine` owns the store, the agents' shared resources, the executor and the slot dispatcher;
+`RunExecution` is one run's state. All state changes happen on the event loop, in memory first,
+then as queued writes (group-committed by the store's writer thread) plus one event each.
+
+Concurrency: a ready step needs a slot of the engine (`max_concurrency`), of its run
+(`WorkflowSpec.concurrency`) and of its agent (`AgentSpec.concurrency`). Ready steps wait in a heap
+ordered by priority (higher first), then by the order they became ready; a step blocked by its
+run or agent is parked under that key and goes back to the heap when that key frees a slot, so
+the heap is never rescanned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from engine import dag
+from engine.agents import Agent, AgentResources, StepCall, create
+from engine.errors import Conflict, ErrorClass, NotFound, StepError
+from engine.events import EventLog
+from engine.expressions import ExpressionError, has_expressions, render
+from engine.models import (
+    RetryPolicy,
+    RunStatus,
+    StepSpec,
+    StepStatus,
+    WorkflowSpec,
+    check_run_transition,
+    check_step_transition,
+)
+from engine.retries import run_with_retries
+from engine.store import Store
+
+log = logging.getLogger("flowdeck.runner")
+
+LEASE_SECONDS = 15.0
+HEARTBEAT_SECONDS = 5.0
+COMMAND_POLL_SECONDS = 0.2
+
+STEP_UPDATE = (
+    "UPDATE steps SET status=?, attempt=?, started_at=coalesce(?, started_at), ended_at=?, "
+    "duration_ms=?, output=coalesce(?, output), error=?, error_class=?, next_retry_at=?, "
+    "operation=coalesce(?, operation) WHERE run_id=? AND step_id=?"
+)
+ATTEMPT_UPSERT = (
+    "INSERT INTO attempts(run_id, step_id, number, agent, operation, status, started_at, "
+    "ended_at, duration_ms, error_class, error, next_retry_at, prompt_tokens, completion_tokens) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id, step_id, number) DO UPDATE SET "
+    "status=excluded.status, ended_at=excluded.ended_at, duration_ms=excluded.duration_ms, "
+    "error_class=excluded.error_class, error=excluded.error, next_retry_at=excluded.next_retry_at, "
+    "prompt_tokens=excluded.prompt_tokens, completion_tokens=excluded.completion_tokens, "
+    "operation=coalesce(excluded.operation, operation)"
+)
+RUN_UPDATE = (
+    "UPDATE runs SET status=?, started_at=coalesce(?, started_at), ended_at=?, error=?, "
+    "owner=?, lease_until=? WHERE id=?"
+)
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(6)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Executor(Protocol):
+    """Where a step attempt runs. Local today; a distributed executor implements the same call."""
+
+    async def execute(self, agent: Agent, call: StepCall) -> Any: ...
+
+
+class LocalExecutor:
+    """Runs the agent in this process (sync agents move themselves to a thread)."""
+
+    async def execute(self, agent: Agent, call: StepCall) -> Any:
+        return await agent.call(call)
+
+
+@dataclass(slots=True, eq=False)
+class StepState:
+    """In-memory state of one step of one run."""
+
+    id: str
+    spec: StepSpec
+    status: StepStatus
+    waiting: int
+    """Needs that have not succeeded yet."""
+    policy: RetryPolicy
+    timeout: float
+    has_expr: bool
+    attempt_base: int = 0
+    """Attempts made before a resume (numbers continue from here)."""
+    attempt: int = 0
+    output: Any = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    next_retry_at: float | None = None
+    error: str | None = None
+    error_class: str | None = None
+    operation: str | None = None
+    task: asyncio.Task | None = None
+    wake: asyncio.Event | None = None
+    """Set by a `retry_now` command to cut a backoff wait short."""
+    failed_attempt: tuple | None = None
+    """Row of the last failed attempt, written once its next retry time is known."""
+    output_json: str | None = None
+
+    @property
+    def max_attempts(self) -> int:
+        return self.attempt_base + self.policy.attempts
+
+
+class RunExecution:
+    """One run: its steps' states and the logic moving them along."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        run_id: str,
+        spec: WorkflowSpec,
+        inputs: dict[str, Any],
+        states: dict[str, StepState] | None = None,
+    ):
+        self.engine = engine
+        self.run_id = run_id
+        self.spec = spec
+        self.inputs = inputs
+        self.status = RunStatus.PENDING
+        self.dependents = dag.dependents(spec)
+        if states is None:
+            states = {
+                sid: StepState(
+                    id=sid,
+                    spec=s,
+                    status=StepStatus.PENDING,
+                    waiting=len(set(s.needs)),
+                    policy=spec.retry_for(s),
+                    timeout=spec.timeout_for(s),
+                    has_expr=has_expressions(s.with_),
+                )
+                for sid, s in spec.steps.items()
+            }
+        self.steps = states
+        self.outputs: dict[str, Any] = {
+            sid: st.output for sid, st in states.items() if st.status is StepStatus.SUCCEEDED
+        }
+        self.scope = {"inputs": inputs, "steps": self.outputs}
+        self.ended = sum(1 for st in states.values() if st.status.ended)
+        self.active = 0
+        self.parked: list = []
+        self.agents: dict[str, Agent] = {}
+        self.started_at: float | None = None
+        self.error: str | None = None
+        self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
+        self.cancelling = False
+        self.interrupting = False
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def store(self) -> Store:
+        return self.engine.store
+
+    @property
+    def events(self) -> EventLog:
+        return self.engine.events
+
+    def agent(self, st: StepState) -> Agent:
+        agent_id = st.spec.agent or ""
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            agent = create(agent_id, self.spec.agents[agent_id], self.engine.resources)
+            self.agents[agent_id] = agent
+        return agent
+
+    def agent_key(self, st: StepState) -> tuple[str, str]:
+        return (self.spec.name, st.spec.agent or "")
+
+    def agent_limit(self, st: StepState) -> int | None:
+        a = self.spec.agents.get(st.spec.agent or "")
+        return a.concurrency if a is not None else None
+
+    def _write_step(self, st: StepState, *, output: str | None = None) -> None:
+        self.store.execute(
+            STEP_UPDATE,
+            (
+                st.status.value,
+                st.attempt,
+                st.started_at,
+                st.ended_at,
+                (st.ended_at - st.started_at) * 1000 if st.ended_at and st.started_at else None,
+                output,
+                st.error,
+                st.error_class,
+                st.next_retry_at,
+                st.operation,
+                self.run_id,
+                st.id,
+            ),
+        )
+
+    def _set(self, st: StepState, status: StepStatus, **data: Any) -> None:
+        check_step_transition(st.status, status)
+        st.status = status
+        if status.ended:
+            st.ended_at = self.engine.clock()
+            self.ended += 1
+        output = data.pop("_output", None)
+        self._write_step(st, output=output)
+        self.events.emit(f"step.{status.value}", self.run_id, st.id, **data)
+
+    def _set_run(self, status: RunStatus, **data: Any) -> None:
+        check_run_transition(self.status, status)
+        self.status = status
+        now = self.engine.clock()
+        ended = status.ended or status is RunStatus.INTERRUPTED
+        self.store.execute(
+            RUN_UPDATE,
+            (
+                status.value,
+                now if status is RunStatus.RUNNING and self.started_at is None else None,
+                now if ended else None,
+                self.error,
+                None if ended else self.engine.owner,
+                None if ended else now + LEASE_SECONDS,
+                self.run_id,
+            ),
+        )
+        if status is RunStatus.RUNNING and self.started_at is None:
+            self.started_at = now
+        self.events.emit(f"run.{status.value}", self.run_id, None, **data)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._set_run(RunStatus.RUNNING)
+        for st in self.steps.values():
+            if st.status is StepStatus.PENDING and st.waiting == 0:
+                self._make_ready(st)
+        self._check_done()
+        self.engine._dispatch()
+
+    def _make_ready(self, st: StepState) -> None:
+        check_step_transition(st.status, StepStatus.READY)
+        st.status = StepStatus.READY  # scheduling detail: not persisted (the row says pending)
+        self.engine._enqueue(self, st)
+
+    def _launch(self, st: StepState) -> None:
+        self.active += 1
+        st.task = asyncio.create_task(self._run_step(st), name=f"{self.run_id}:{st.id}")
+
+    async def _run_step(self, st: StepState) -> None:
+        try:
+            try:
+                params = render(st.spec.with_, self.scope) if st.has_expr else st.spec.with_
+            except ExpressionError as e:
+                raise StepError(str(e), ErrorClass.VALIDATION) from None
+            agent = self.agent(st)
+            st.operation = agent.operation(params)
+            output = await run_with_retries(
+                st.policy,
+                lambda n: self._attempt(st, agent, params, n),
+                on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
+                sleep=lambda seconds: self._backoff(st, seconds),
+            )
+        except asyncio.CancelledError:
+            self._flush_failed_attempt(st, None)
+            st.next_retry_at = None
+            if self.interrupting and not self.cancelling:
+                st.attempt_base = st.attempt
+                self._set(st, StepStatus.PENDING, reason="interrupted")
+            else:
+                st.error, st.error_class = "cancelled", ErrorClass.CANCELLED.value
+                self._set(st, StepStatus.CANCELLED)
+        except StepError as e:
+            self._flush_failed_attempt(st, None)
+            self._fail(st, e)
+        except Exception as e:  # a bug in an agent must not take the engine down
+            log.exception("step %s of run %s crashed", st.id, self.run_id)
+            self._flush_failed_attempt(st, None)
+            self._fail(st, StepError(f"{type(e).__name__}: {e}", ErrorClass.INTERNAL))
+        else:
+            self._succeed(st, output)
+        finally:
+            self.engine._release(self, st)
+            self._check_done()
+
+    async def _attempt(self, st: StepState, agent: Agent, params: dict, n: int) -> Any:
+        clock = self.engine.clock
+        number = st.attempt_base + n
+        now = clock()
+        st.attempt = number
+        st.next_retry_at = None
+        if st.started_at is None:
+            st.started_at = now
+        self._set(st, StepStatus.RUNNING, attempt=number, of=st.max_attempts)
+        agent_id = st.spec.agent
+        self.store.execute(
+            ATTEMPT_UPSERT,
+            (self.run_id, st.id, number, agent_id, st.operation, "running", now,
+             None, None, None, None, None, None, None),
+        )  # fmt: skip
+        call = StepCall(
+            run_id=self.run_id,
+            step_id=st.id,
+            attempt=number,
+            params=params,
+            timeout=st.timeout,
+            idempotency_key=f"{self.run_id}:{st.id}",
+            destructive=st.spec.destructive,
+        )
+        error: StepError | None = None
+        output: Any = None
+        try:
+            async with asyncio.timeout(st.timeout):
+                output = await self.engine.executor.execute(agent, call)
+            encoded = _dumps(output)
+        except TimeoutError:
+            error = StepError(f"timed out after {st.timeout:g} s", ErrorClass.TIMEOUT, retryable=True)
+        except StepError as e:
+            error = e
+        except asyncio.CancelledError:
+            end = clock()
+            self.store.execute(
+                ATTEMPT_UPSERT,
+                (self.run_id, st.id, number, agent_id, call.operation or st.operation, "cancelled",
+                 now, end, (end - now) * 1000, ErrorClass.CANCELLED.value, "cancelled", None,
+                 None, None),
+            )  # fmt: skip
+            raise
+        except (TypeError, ValueError) as e:
+            error = StepError(f"output is not JSON: {e}", ErrorClass.VALIDATION)
+        except Exception as e:
+            error = StepError(f"{type(e).__name__}: {e}", ErrorClass.INTERNAL, retryable=True)
+        end = clock()
+        usage = call.usage
+        row = (
+            self.run_id, st.id, number, agent_id, call.operation or st.operation,
+            "failed" if error else "succeeded", now, end, (end - now) * 1000,
+            error.error_class.value if error else None, error.message if error else None, None,
+            usage.get("prompt_tokens"), usage.get("completion_tokens"),
+        )  # fmt: skip
+        if error is not None:
+            st.failed_attempt = row
+            st.error, st.error_class = error.message, error.error_class.value
+            raise error
+        self.store.execute(ATTEMPT_UPSERT, row)
+        st.output_json = encoded
+        return output
+
+    def _flush_failed_attempt(self, st: StepState, next_retry_at: float | None) -> None:
+        row = st.failed_attempt
+        if row is not None:
+            st.failed_attempt = None
+            self.store.execute(ATTEMPT_UPSERT, (*row[:11], next_retry_at, *row[12:]))
+
+    def _on_retry(self, st: StepState, n: int, err: BaseException, wait: float) -> None:
+        st.next_retry_at = self.engine.clock() + wait
+        self._flush_failed_attempt(st, st.next_retry_at)
+        self._set(
+            st,
+            StepStatus.RETRYING,
+            attempt=st.attempt_base + n,
+            of=st.max_attempts,
+            wait=round(wait, 3),
+            error=str(err),
+        )
+
+    async def _backoff(self, st: StepState, seconds: float) -> None:
+        st.wake = asyncio.Event()
+        try:
+            await asyncio.wait_for(st.wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        finally:
+            st.wake = None
+
+    def _succeed(self, st: StepState, output: Any) -> None:
+        st.output = output
+        st.error = st.error_class = None
+        self.outputs[st.id] = output
+        self._set(st, StepStatus.SUCCEEDED, _output=st.output_json or _dumps(output))
+        for child_id in self.dependents.get(st.id, ()):
+            child = self.steps[child_id]
+            child.waiting -= 1
+            if child.waiting == 0 and child.status is StepStatus.PENDING and not self.cancelling:
+                self._make_ready(child)
+
+    def _fail(self, st: StepState, error: StepError, status: StepStatus = StepStatus.FAILED) -> None:
+        st.error, st.error_class = error.message, error.error_class.value
+        st.next_retry_at = None
+        self._set(st, status, error=error.message, error_class=error.error_class.value)
+        if not st.spec.optional and self.error is None:
+            self.error = f"step {st.id} {status.value}: {error.message}"
+        self._skip_dependents(st)
+
+    def _skip_dependents(self, st: StepState) -> None:
+        for child_id in dag.descendants(self.spec, st.id):
+            child = self.steps[child_id]
+            if child.status in (StepStatus.PENDING, StepStatus.READY):
+                self._set(child, StepStatus.SKIPPED, reason=f"{st.id} {st.status.value}")
+
+    def _check_done(self) -> None:
+        if self.done.done() or self.ended < len(self.steps):
+            return
+        failed = any(
+            st.status in (StepStatus.FAILED, StepStatus.REJECTED, StepStatus.CANCELLED)
+            and not st.spec.optional
+            for st in self.steps.values()
+        )
+        if self.cancelling:
+            final = RunStatus.CANCELLED
+        else:
+            final = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+        self._set_run(final, error=self.error) if self.error else self._set_run(final)
+        self.engine._forget(self)
+        self.done.set_result(final)
+
+    # ------------------------------------------------------------------ control
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Cancel every step not ended; the run ends `cancelled` once running steps stop."""
+        if self.done.done() or self.cancelling:
+            return
+        self.cancelling = True
+        self.error = self.error or reason
+        for st in self.steps.values():
+            if st.status in (StepStatus.PENDING, StepStatus.READY):
+                st.error, st.error_class = reason, ErrorClass.CANCELLED.value
+                self._set(st, StepStatus.CANCELLED)
+            elif st.task is not None and not st.task.done():
+                st.task.cancel()
+        self._check_done()
+
+    def interrupt(self) -> None:
+        """Stop now, keeping the run resumable: running steps go back to pending."""
+        if self.done.done():
+            return
+        self.interrupting = True
+        running = [st.task for st in self.steps.values() if st.task and not st.task.done()]
+        for task in running:
+            task.cancel()
+        for st in self.steps.values():
+            if st.status is StepStatus.READY:
+                st.status = StepStatus.PENDING
+        if not running:
+            self._finish_interrupted()
+
+    def _finish_interrupted(self) -> None:
+        if self.done.done():
+            return
+        self._set_run(RunStatus.INTERRUPTED)
+        self.engine._forget(self)
+        self.done.set_result(RunStatus.INTERRUPTED)
+
+    def retry_now(self, step_id: str) -> bool:
+        st = self.steps.get(step_id)
+        if st is None or st.wake is None:
+            return False
+        st.wake.set()
+        return True
+
+    def cancel_step(self, step_id: str) -> bool:
+        st = self.steps.get(step_id)
+        if st is None or st.status.ended:
+            return False
+        if st.task is not None and not st.task.done():
+            st.task.cancel()
+        elif st.status in (StepStatus.PENDING, StepStatus.READY):
+            st.error, st.error_class = "cancelled by operator", ErrorClass.CANCELLED.value
+            self._set(st, StepStatus.CANCELLED)
+            self._skip_dependents(st)
+            self._check_done()
+        return True
+
+    async def wait(self) -> RunStatus:
+        status = await asyncio.shield(self.done)
+        await self.engine.store.flush()
+        return status
+
+
+class Engine:
+    """Runs workflows. One per process; `async with Engine(store):` or `await aclose()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_concurrency: int = 64,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+        poll_commands: bool = True,
+    ):
+        self.store = store
+        self.clock = clock
+        self.events = EventLog(store, clock)
+        self.resources = AgentResources()
+        self.executor: Executor = executor or LocalExecutor()
+        self.max_concurrency = max_concurrency
+        """Steps running at once across all runs of this engine."""
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        """Who holds the lease of the runs this engine executes."""
+        self.runs: dict[str, RunExecution] = {}
+        self._ready: list = []
+        self._seq = itertools.count()
+        self._active = 0
+        self._agent_active: dict[tuple[str, str], int] = {}
+        self._agent_parked: dict[tuple[str, str], list] = {}
+        self._stopping = False
+        self._background: list[asyncio.Task] = []
+        self._poll_commands = poll_commands
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        self._background.append(asyncio.create_task(self._heartbeat(), name="flowdeck-heartbeat"))
+        if self._poll_commands:
+            self._background.append(asyncio.create_task(self._commands(), name="flowdeck-commands"))
+
+    async def aclose(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._background.clear()
+        await self.resources.aclose()
+        await self.store.flush()
+
+    # ------------------------------------------------------------------ runs
+
+    async def submit(
+        self, spec: WorkflowSpec, inputs: dict[str, Any] | None = None, *, source: str | None = None
+    ) -> RunExecution:
+        """Create a run (committed before this returns) and start it."""
+        inputs = dict(inputs or {})
+        run_id = new_run_id()
+        run = RunExecution(self, run_id, spec, inputs)
+        now = self.clock()
+        depth = dag.depths(spec)
+        spec_json = spec.model_dump_json(by_alias=True)
+
+        def create_rows(db: Any) -> None:
+            db.execute(
+                "INSERT INTO runs(id, workflow, source, spec, inputs, status, created_at, "
+                "steps_total, owner, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, spec.name, source, spec_json, _dumps(inputs), "pending", now,
+                 len(spec.steps), self.owner, now + LEASE_SECONDS),
+            )  # fmt: skip
+            db.conn.executemany(
+                "INSERT INTO steps(run_id, step_id, agent, kind, status, priority, depth, needs, "
+                "destructive, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (run_id, sid, s.agent, spec.agents[s.agent].kind if s.agent in spec.agents
+                     else ("route" if s.route else None), "pending", s.priority, depth[sid],
+                     _dumps(s.needs), int(s.destructive), run.steps[sid].policy.attempts)
+                    for sid, s in spec.steps.items()
+                ],
+            )  # fmt: skip
+
+        await self.store.run(create_rows)
+        self.events.emit("run.created", run_id, None, workflow=spec.name, steps=len(spec.steps))
+        self.runs[run_id] = run
+        run.start()
+        return run
+
+    async def run(
+        self, spec: WorkflowSpec, inputs: dict[str, Any] | None = None, **kw: Any
+    ) -> RunExecution:
+        """Submit and wait for the end."""
+        run = await self.submit(spec, inputs, **kw)
+        await run.wait()
+        return run
+
+    async def resume(self, run_id: str) -> RunExecution:
+        """Continue an interrupted run (or one whose engine died): succeeded steps are kept."""
+        if run_id in self.runs:
+            raise Conflict(f"run {run_id} is already running in this engine")
+        now = self.clock()
+        row = await self.store.aread(
+            lambda db: next(iter(db.query("SELECT * FROM runs WHERE id = ?", [run_id])), None)
+        )
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        status = RunStatus(row["status"])
+        if status.ended:
+            raise Conflict(f"run {run_id} already ended ({status.value})")
+
+        def take(db: Any) -> int:
+            cur = db.execute(
+                "UPDATE runs SET owner=?, lease_until=? WHERE id=? AND status NOT IN "
+                "('succeeded','failed','cancelled') AND (owner IS NULL OR owner=? OR "
+                "lease_until IS NULL OR lease_until < ?)",
+                (self.owner, now + LEASE_SECONDS, run_id, self.owner, now),
+            )
+            return cur.rowcount
+
+        if await self.store.run(take) != 1:
+            raise Conflict(
+                f"run {run_id} is owned by {row['owner']} which is alive "
+                f"(lease until {time.strftime('%H:%M:%S', time.localtime(row['lease_until']))})"
+            )
+        spec = WorkflowSpec.model_validate_json(row["spec"])
+        inputs = json.loads(row["inputs"])
+        rows = await self.store.aread(
+            lambda db: {r["step_id"]: r for r in db.query("SELECT * FROM steps WHERE run_id=?", [run_id])}
+        )
+        states: dict[str, StepState] = {}
+        for sid, s in spec.steps.items():
+            r = rows.get(sid, {})
+            st_status = StepStatus(r.get("status", "pending"))
+            output = json.loads(r["output"]) if r.get("output") else None
+            if not st_status.ended:
+                st_status = StepStatus.PENDING
+            states[sid] = StepState(
+                id=sid,
+                spec=s,
+                status=st_status,
+                waiting=0,
+                policy=spec.retry_for(s),
+                timeout=spec.timeout_for(s),
+                has_expr=has_expressions(s.with_),
+                attempt_base=r.get("attempt") or 0,
+                attempt=r.get("attempt") or 0,
+                output=output,
+                started_at=r.get("started_at"),
+                operation=r.get("operation"),
+            )
+        for st in states.values():
+            st.waiting = sum(1 for n in set(st.spec.needs) if states[n].status is not StepStatus.SUCCEEDED)
+        run = RunExecution(self, run_id, spec, inputs, states)
+        run.status = status
+        run.started_at = row["started_at"]
+        self.events.emit("run.resumed", run_id, None, owner=self.owner)
+        for st in states.values():
+            if st.status is StepStatus.PENDING:
+                self._write_pending(run, st)
+        self.runs[run_id] = run
+        if status is RunStatus.RUNNING:  # its engine died: same as interrupted
+            run.status = RunStatus.INTERRUPTED
+        run.start()
+        return run
+
+    def _write_pending(self, run: RunExecution, st: StepState) -> None:
+        st.ended_at = None
+        st.next_retry_at = None
+        run._write_step(st)
+
+    def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
+        run = self.runs.get(run_id)
+        if run is None:
+            return False
+        run.cancel(reason)
+        return True
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop starting steps, give running ones `grace` seconds, then interrupt the rest."""
+        self._stopping = True
+        runs = list(self.runs.values())
+        pending = [run.done for run in runs]
+        if pending and grace > 0:
+            await asyncio.wait(pending, timeout=grace)
+        for run in runs:
+            if not run.done.done():
+                run.interrupt()
+        for run in runs:
+            try:
+                await asyncio.wait_for(asyncio.shield(run.done), timeout=5)
+            except TimeoutError:
+                pass
+        await self.store.flush()
+
+    # ------------------------------------------------------------------ slots
+
+    def _enqueue(self, run: RunExecution, st: StepState) -> None:
+        heapq.heappush(self._ready, (-st.spec.priority, next(self._seq), run, st))
+
+    def _dispatch(self) -> None:
+        ready = self._ready
+        while ready and self._active < self.max_concurrency and not self._stopping:
+            item = heapq.heappop(ready)
+            _, _, run, st = item
+            if st.status is not StepStatus.READY or run.done.done() or run.interrupting:
+                continue
+            if run.active >= run.spec.concurrency:
+                heapq.heappush(run.parked, item)
+                continue
+            limit = run.agent_limit(st)
+            if limit is not None:
+                key = run.agent_key(st)
+                if self._agent_active.get(key, 0) >= limit:
+                    heapq.heappush(self._agent_parked.setdefault(key, []), item)
+                    continue
+                self._agent_active[key] = self._agent_active.get(key, 0) + 1
+            self._active += 1
+            run._launch(st)
+
+    def _release(self, run: RunExecution, st: StepState) -> None:
+        self._active -= 1
+        run.active -= 1
+        if run.parked:
+            heapq.heappush(self._ready, heapq.heappop(run.parked))
+        if run.agent_limit(st) is not None:
+            key = run.agent_key(st)
+            self._agent_active[key] -= 1
+            parked = self._agent_parked.get(key)
+            if parked:
+                heapq.heappush(self._ready, heapq.heappop(parked))
+        if run.interrupting and run.active == 0:
+            run._finish_interrupted()
+        self._dispatch()
+
+    def _forget(self, run: RunExecution) -> None:
+        self.runs.pop(run.run_id, None)
+
+    # ------------------------------------------------------------------ background
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if self.runs:
+                now = self.clock()
+                self.store.execute(
+                    "UPDATE runs SET lease_until=? WHERE owner=? AND status IN ('pending','running')",
+                    (now + LEASE_SECONDS, self.owner),
+                )
+
+    async def _commands(self) -> None:
+        """Pick up commands other processes wrote for runs this engine owns."""
+        last_version: int | None = None
+        while True:
+            await asyncio.sleep(COMMAND_POLL_SECONDS)
+            if not self.runs:
+                continue
+            try:
+                version = await self.store.aread(
+                    lambda db: db.execute("PRAGMA data_version").fetchone()[0]
+                )
+                if version == last_version:
+                    continue
+                last_version = version
+                rows = await self.store.aread(self._pending_commands)
+                for row in rows:
+                    await self._handle_command(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("command poll failed")
+
+    def _pending_commands(self, db: Any) -> list[dict[str, Any]]:
+        ids = list(self.runs)
+        marks = ",".join("?" * len(ids))
+        return list(
+            db.query(
+                f"SELECT * FROM commands WHERE status='pending' AND run_id IN ({marks}) ORDER BY id",
+                ids,
+            )
+        )
+
+    async def _handle_command(self, row: dict[str, Any]) -> None:
+        def claim(db: Any) -> int:
+            return db.execute(
+                "UPDATE commands SET status='running', handled_by=? WHERE id=? AND status='pending'",
+                (self.owner, row["id"]),
+            ).rowcount
+
+        if await self.store.run(claim) != 1:
+            return
+        run = self.runs.get(row["run_id"])
+        kind = row["kind"]
+        ok = False
+        if run is not None:
+            if kind == "cancel_run":
+                run.cancel("cancelled by operator")
+                ok = True
+            elif kind == "cancel_step":
+                ok = run.cancel_step(row["step_id"])
+            elif kind == "retry_now":
+                ok = run.retry_now(row["step_id"])
+        self.store.execute(
+            "UPDATE commands SET status=?, handled_at=?, result=? WHERE id=?",
+            ("done" if ok else "failed", self.clock(), None if ok else "not applicable now", row["id"]),
+        )
+        self.events.emit(
+            "command.done" if ok else "command.failed",
+            row["run_id"],
+            row["step_id"],
+            command=kind,
+            id=row["id"],
+        )

@@ -1,0 +1,350 @@
+"""The SQLite store: one file, WAL, one writer thread with group commit, readers per thread.
+
+Writes never run on the event loop. Callers enqueue statements (`execute`, fire and forget) or
+functions (`call`, with a result); the writer thread drains whatever is queued, runs it in one
+transaction (`db.atomic()`), commits, then resolves the waiting futures. Statements with the same
+SQL in a batch run as one `executemany`; the relative order of statements with the same SQL is
+kept, and a function call is a barrier (everything queued before it runs first), so the
+result is the same as running the queue in order.
+
+Reads use one connection per thread (`reader()`); `aread()` runs a read in a worker thread.
+
+Opening checks the file before anything is written: not SQLite, truncated, locked past the
+busy timeout, newer schema or unwritable all raise `DatabaseError` and leave the file as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from engine import migrations
+from engine.errors import DatabaseError
+
+log = logging.getLogger("flowdeck.store")
+
+T = TypeVar("T")
+SQLITE_HEADER = b"SQLite format 3\x00"
+MAX_BATCH = 20_000
+
+_SQL, _CALL, _BARRIER, _STOP = range(4)
+
+
+def check_file(path: Path) -> None:
+    """Cheap checks that need no SQLite connection: header and truncation."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise DatabaseError(f"{path}: cannot read ({e.strerror})") from None
+    if path.is_dir():
+        raise DatabaseError(f"{path}: is a directory, not a database file")
+    if size == 0:
+        return
+    try:
+        with path.open("rb") as f:
+            header = f.read(100)
+    except OSError as e:
+        raise DatabaseError(f"{path}: cannot read ({e.strerror})") from None
+    if not header.startswith(SQLITE_HEADER[: min(len(header), 16)]) or len(header) < 16:
+        raise DatabaseError(f"{path}: not a SQLite database")
+    if len(header) < 100:
+        raise DatabaseError(f"{path}: truncated SQLite file ({size} bytes)")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    change_counter = header[24:28]
+    valid_for = header[92:96]
+    if pages and change_counter == valid_for and size < pages * page_size:
+        raise DatabaseError(
+            f"{path}: truncated SQLite file ({size} bytes, header says {pages * page_size})"
+        )
+
+
+def _describe(e: sqlite3.Error, path: Path) -> str:
+    msg = str(e)
+    if "locked" in msg or "busy" in msg:
+        return f"{path}: database is locked by another process (gave up after the busy timeout)"
+    if "readonly" in msg or "unable to open" in msg or "disk I/O" in msg:
+        return f"{path}: cannot write the database ({msg})"
+    if "not a database" in msg or "malformed" in msg:
+        return f"{path}: corrupt or not a SQLite database ({msg})"
+    return f"{path}: {msg}"
+
+
+class Store:
+    """A flowdeck SQLite file. Use `Store.open(path)`; call `close()` when done."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+    ):
+        self.path = Path(path)
+        """The database file."""
+        self.busy_timeout = busy_timeout
+        """Seconds a connection waits for a lock held by another process."""
+        self.synchronous = synchronous
+        """`PRAGMA synchronous` of every connection (NORMAL is durable at commit with WAL
+        except on power loss; FULL survives that too)."""
+        self._q: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self.failure: BaseException | None = None
+        """The last error of a fire-and-forget batch, if any (the engine checks it)."""
+        self.commits = 0
+        """Transactions committed by the writer (for benchmarks)."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **kw: Any) -> Store:
+        store = cls(path, **kw)
+        store._start()
+        return store
+
+    def _connect(self, *, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return conn
+
+    def _start(self) -> None:
+        check_file(self.path)
+        if not self.path.parent.exists():
+            raise DatabaseError(f"{self.path}: directory {self.path.parent} does not exist")
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._writer, args=(ready,), name="flowdeck-store-writer", daemon=True
+        )
+        self._thread.start()
+        try:
+            ready.result()
+        except BaseException:
+            self._thread.join()
+            self._closed = True
+            raise
+
+    def _open_writer(self) -> sqlite_utils.Database:
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        if existed and not os.access(self.path, os.W_OK):
+            raise DatabaseError(f"{self.path}: cannot write the database (file is read-only)")
+        if not os.access(self.path.parent, os.W_OK):
+            raise DatabaseError(f"{self.path}: cannot write in directory {self.path.parent}")
+        conn = self._connect()
+        try:
+            # Read before writing: a bad or newer file must be left byte-identical.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if existed and migrations.is_newer(conn):
+                raise DatabaseError(
+                    f"{self.path}: the database was written by a newer flowdeck "
+                    f"(schema {conn.execute('PRAGMA user_version').fetchone()[0]}, "
+                    f"this one knows {len(migrations.MIGRATIONS)}); upgrade flowdeck"
+                )
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            migrations.migrate(conn)
+        except sqlite3.Error as e:
+            conn.close()
+            raise DatabaseError(_describe(e, self.path)) from None
+        except BaseException:
+            conn.close()
+            raise
+        return sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None and self._thread.is_alive():
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._q.put((_STOP, None, None, done))
+            self._thread.join()
+        with self._readers_lock:
+            for conn in self._readers:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._readers.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writer side
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue one statement; it commits with the next batch (within milliseconds)."""
+        self._q.put((_SQL, sql, params, None))
+
+    def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        for params in rows:
+            self._q.put((_SQL, sql, params, None))
+
+    def call(self, fn: Callable[[sqlite_utils.Database], T]) -> concurrent.futures.Future[T]:
+        """Run `fn(db)` in the writer thread, in its own savepoint; resolved after commit."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._closed:
+            fut.set_exception(DatabaseError(f"{self.path}: store is closed"))
+            return fut
+        self._q.put((_CALL, fn, None, fut))
+        return fut
+
+    async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """`call` and wait for the commit without blocking the loop."""
+        return await asyncio.wrap_future(self.call(fn))
+
+    def run_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """`call` and wait (for code outside the event loop, e.g. the CLI)."""
+        return self.call(fn).result()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._q.put((_BARRIER, None, None, fut))
+        await asyncio.wrap_future(fut)
+
+    def flush_sync(self) -> None:
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._q.put((_BARRIER, None, None, fut))
+        fut.result()
+
+    def _writer(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            db = self._open_writer()
+        except BaseException as e:
+            ready.set_exception(e if isinstance(e, DatabaseError) else DatabaseError(str(e)))
+            return
+        ready.set_result(None)
+        q = self._q
+        try:
+            while True:
+                batch = [q.get()]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._process(db, batch):
+                    break
+        finally:
+            db.close()
+
+    def _process(self, db: sqlite_utils.Database, batch: list[tuple]) -> bool:
+        results: list[tuple[concurrent.futures.Future, Any, BaseException | None]] = []
+        stop = False
+        conn = db.conn
+        try:
+            with db.atomic():
+                groups: dict[str, list[Sequence[Any]]] = {}
+                for kind, a, b, fut in batch:
+                    if kind == _SQL:
+                        rows = groups.get(a)
+                        if rows is None:
+                            groups[a] = [b]
+                        else:
+                            rows.append(b)
+                    elif kind == _CALL:
+                        for sql, rows in groups.items():
+                            conn.executemany(sql, rows)
+                        groups.clear()
+                        try:
+                            with db.atomic():
+                                results.append((fut, a(db), None))
+                        except Exception as e:
+                            results.append((fut, None, e))
+                    else:
+                        results.append((fut, None, None))
+                        stop = stop or kind == _STOP
+                for sql, rows in groups.items():
+                    conn.executemany(sql, rows)
+            self.commits += 1
+        except sqlite3.Error as e:
+            if len(batch) > 1:
+                # One bad statement must not lose the rest: replay one at a time.
+                log.warning("batch of %d failed (%s); replaying one by one", len(batch), e)
+                for item in batch:
+                    stop = self._process(db, [item]) or stop
+                return stop
+            self.failure = DatabaseError(_describe(e, self.path))
+            log.error("write failed: %s", e)
+            kind, a, b, fut = batch[0]
+            if fut is not None:
+                results = [(fut, None, self.failure if kind == _CALL else None)]
+            stop = kind == _STOP
+        for fut, value, exc in results:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+        return stop
+
+    # ------------------------------------------------------------------ reader side
+
+    def reader(self) -> sqlite_utils.Database:
+        """This thread's read connection (opened on first use)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as e:
+                raise DatabaseError(_describe(e, self.path)) from None
+            with self._readers_lock:
+                self._readers.append(conn)
+            db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+            self._local.db = db
+        return db
+
+    def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run a read in this thread (do not call on the event loop)."""
+        try:
+            return fn(self.reader())
+        except sqlite3.OperationalError as e:
+            raise DatabaseError(_describe(e, self.path)) from None
+
+    async def aread(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run a read in a worker thread."""
+        return await asyncio.to_thread(self.read, fn)
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a read query as dicts (in this thread)."""
+        return self.read(lambda db: list(db.query(sql, params)))
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (PRAGMA data_version)."""
+        return self.read(lambda db: db.execute("PRAGMA data_version").fetchone()[0])
+
+
+def now() -> float:
+    return time.time()
