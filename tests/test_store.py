@@ -1,0 +1,167 @@
+"""The SQLite store: migrations, group commit, ordering, readers, bad database files."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+
+import pytest
+
+from engine import migrations
+from engine.errors import DatabaseError
+from engine.events import EventFollower, EventLog
+from engine.store import Store
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_new_file_is_migrated_to_wal(store, db_path):
+    names = [r["name"] for r in store.query("SELECT name FROM _migrations")]
+    assert names == [name for name, _ in migrations.MIGRATIONS]
+    assert store.query("PRAGMA user_version")[0]["user_version"] == len(migrations.MIGRATIONS)
+    assert store.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    tables = {r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "steps", "attempts", "events", "commands", "reviews", "undo_log"} <= tables
+
+
+def test_reopen_applies_nothing_twice(db_path):
+    Store.open(db_path).close()
+    with Store.open(db_path) as s:
+        assert len(s.query("SELECT * FROM _migrations")) == len(migrations.MIGRATIONS)
+
+
+def test_group_commit_batches_and_keeps_order(store):
+    sql_a = "INSERT INTO events(ts, kind, data) VALUES (?, ?, '{}')"
+    sql_b = "UPDATE events SET kind = ? WHERE ts = ?"
+    for i in range(5000):
+        store.execute(sql_a, (i, "created"))
+        store.execute(sql_b, ("updated", i))
+    store.flush_sync()
+    rows = store.query("SELECT ts, kind FROM events ORDER BY id")
+    assert len(rows) == 5000
+    assert {r["kind"] for r in rows} == {"updated"}  # each update ran after its insert
+    assert [r["ts"] for r in rows] == list(range(5000))
+    assert store.commits < 5000  # grouped, not one transaction per statement
+
+
+def test_call_returns_result_after_commit_and_isolates_errors(store):
+    def insert(db):
+        return db.execute("INSERT INTO events(ts, kind) VALUES (1, 'x')").lastrowid
+
+    def bad(db):
+        db.execute("INSERT INTO events(ts, kind) VALUES (2, 'y')")
+        db.execute("INSERT INTO no_such_table VALUES (1)")
+
+    f1 = store.call(insert)
+    f2 = store.call(bad)
+    f3 = store.call(insert)
+    assert f1.result() >= 1
+    with pytest.raises(sqlite3.OperationalError):
+        f2.result()
+    assert f3.result() > f1.result()
+    kinds = [r["kind"] for r in store.query("SELECT kind FROM events")]
+    assert kinds == ["x", "x"]  # the failed call's own write was rolled back, nothing else
+
+
+def test_bad_statement_does_not_lose_the_batch(store):
+    store.execute("INSERT INTO events(ts, kind) VALUES (1, 'a')")
+    store.execute("INSERT INTO events(ts, kind) VALUES (NULL, NULL)")  # NOT NULL violation
+    store.execute("INSERT INTO events(ts, kind) VALUES (3, 'c')")
+    store.flush_sync()
+    assert [r["kind"] for r in store.query("SELECT kind FROM events ORDER BY id")] == ["a", "c"]
+    assert store.failure is not None
+
+
+def test_reader_in_other_thread_sees_commits(store):
+    store.execute("INSERT INTO events(ts, kind) VALUES (1, 'a')")
+    store.flush_sync()
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(store.query("SELECT count(*) n FROM events")))
+    t.start()
+    t.join()
+    assert seen[0][0]["n"] == 1
+
+
+def test_follower_on_a_second_connection_reads_events_in_order(db_path):
+    writer = Store.open(db_path)
+    other = Store.open(db_path)  # stands for another process: its own connections
+    try:
+        log = EventLog(writer)
+        follower = EventFollower(other)
+        assert follower.poll() == []
+        for i in range(3):
+            log.emit("step.started", "r1", f"s{i}", attempt=1)
+        writer.flush_sync()
+        got = follower.poll()
+        assert [e.step_id for e in got] == ["s0", "s1", "s2"]
+        assert [e.id for e in got] == sorted(e.id for e in got)
+        assert follower.poll() == []  # nothing new: data_version unchanged
+        log.emit("run.succeeded", "r1")
+        writer.flush_sync()
+        assert [e.kind for e in follower.poll()] == ["run.succeeded"]
+    finally:
+        other.close()
+        writer.close()
+
+
+def test_not_sqlite_is_refused_byte_identical(tmp_path):
+    path = tmp_path / "flowdeck.db"
+    path.write_bytes(b"this is a text file, not a database\n" * 10)
+    before = digest(path)
+    with pytest.raises(DatabaseError, match="not a SQLite database"):
+        Store.open(path)
+    assert digest(path) == before
+    assert not (tmp_path / "flowdeck.db-wal").exists()
+
+
+def test_truncated_file_is_refused_byte_identical(tmp_path, db_path):
+    with Store.open(db_path) as s:
+        s.execute_many(
+            "INSERT INTO events(ts, kind, data) VALUES (?, 'x', ?)",
+            [(i, "y" * 500) for i in range(2000)],
+        )
+    con = sqlite3.connect(db_path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    data = db_path.read_bytes()
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(data[: len(data) // 2])
+    before = digest(cut)
+    with pytest.raises(DatabaseError, match="truncated"):
+        Store.open(cut)
+    assert digest(cut) == before
+
+
+def test_newer_schema_is_refused_byte_identical(db_path):
+    Store.open(db_path).close()
+    con = sqlite3.connect(db_path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute(f"PRAGMA user_version = {len(migrations.MIGRATIONS) + 5}")
+    con.commit()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    before = digest(db_path)
+    with pytest.raises(DatabaseError, match="newer flowdeck"):
+        Store.open(db_path)
+    assert digest(db_path) == before
+
+
+def test_locked_past_busy_timeout(db_path):
+    Store.open(db_path).close()
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DatabaseError, match="locked"):
+            Store.open(db_path, busy_timeout=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_directory_as_db_is_refused(tmp_path):
+    with pytest.raises(DatabaseError, match="directory"):
+        Store.open(tmp_path)
