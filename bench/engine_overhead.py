@@ -1,0 +1,142 @@
+"""Engine overhead per step, against bare asyncio, measured in one process.
+
+Shapes: layered DAGs LxW (L layers of W no-op python steps, each step needing every step of the
+layer before) and a chain of 200. For each shape:
+
+- bare:     asyncio.gather layer by layer (no engine, no store)
+- bare+db:  the same plus one batched sqlite3 insert per state change, committed per layer
+- engine:   the real Engine with the real Store (every state change persisted, WAL)
+
+Prints wall time, µs/step overhead over bare asyncio, steps/s, the ratio engine/bare+db,
+peak RSS, and the time from process start to the first step of `flowdeck run` (a subprocess).
+
+    python bench/engine_overhead.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from engine.models import WorkflowSpec  # noqa: E402
+from engine.runner import Engine  # noqa: E402
+from engine.store import Store  # noqa: E402
+
+SHAPES = {"10x10": (10, 10), "50x20": (50, 20), "chain200": (200, 1)}
+
+
+def layered(layers: int, width: int) -> WorkflowSpec:
+    steps = {}
+    for layer in range(layers):
+        for w in range(width):
+            needs = [f"s{layer - 1}_{x}" for x in range(width)] if layer else []
+            steps[f"s{layer}_{w}"] = {"agent": "py", "with": {"call": "_noop:noop"}, "needs": needs}
+    return WorkflowSpec.model_validate(
+        {"name": "bench", "agents": {"py": {"kind": "python"}}, "steps": steps,
+         "concurrency": 100_000}
+    )  # fmt: skip
+
+
+async def noop() -> dict:
+    return {}
+
+
+async def bare(layers: int, width: int) -> float:
+    t = time.perf_counter()
+    for _ in range(layers):
+        await asyncio.gather(*(noop() for _ in range(width)))
+    return time.perf_counter() - t
+
+
+async def bare_db(layers: int, width: int, path: Path) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS ev (ts REAL, step TEXT, kind TEXT)")
+    t = time.perf_counter()
+    for layer in range(layers):
+        ids = [f"s{layer}_{w}" for w in range(width)]
+        await asyncio.gather(*(noop() for _ in ids))
+        now = time.time()
+        rows = [(now, i, k) for i in ids for k in ("running", "attempt", "succeeded")]
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO ev VALUES (?,?,?)", rows)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t
+    conn.close()
+    return elapsed
+
+
+async def engine_run(spec: WorkflowSpec, path: Path) -> float:
+    store = Store.open(path)
+    try:
+        async with Engine(store, max_concurrency=100_000, poll_commands=False) as eng:
+            t = time.perf_counter()
+            run = await eng.run(spec)
+            elapsed = time.perf_counter() - t
+            assert run.status.value == "succeeded", run.status
+    finally:
+        store.close()
+    return elapsed
+
+
+def first_step_latency(tmp: Path) -> float:
+    mark = tmp / "mark"
+    wf = tmp / "one.yaml"
+    wf.write_text(
+        "name: one\nagents: {py: {kind: python}}\n"
+        f"steps:\n  first: {{agent: py, with: {{call: '_noop:mark', args: {{path: '{mark}'}}}}}}\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'bench'}")
+    t0 = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "console", "run", str(wf), "--db", str(tmp / "first.db")],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    return float(mark.read_text()) - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="flowdeck-bench-"))
+    print(f"{'shape':>9} {'steps':>6} {'bare ms':>8} {'bare+db':>8} {'engine':>8} "
+          f"{'µs/step':>8} {'steps/s':>8} {'×bare+db':>8}")  # fmt: skip
+    results = {}
+    for name, (layers, width) in SHAPES.items():
+        spec = layered(layers, width)
+        n = layers * width
+        b, bd, e = [], [], []
+        for i in range(args.repeat):
+            b.append(asyncio.run(bare(layers, width)))
+            bd.append(asyncio.run(bare_db(layers, width, tmp / f"bare-{name}-{i}.db")))
+            e.append(asyncio.run(engine_run(spec, tmp / f"engine-{name}-{i}.db")))
+        bm, bdm, em = (statistics.median(x) for x in (b, bd, e))
+        overhead_us = (em - bm) / n * 1e6
+        results[name] = overhead_us
+        print(
+            f"{name:>9} {n:>6} {bm * 1e3:>8.2f} {bdm * 1e3:>8.2f} {em * 1e3:>8.2f} "
+            f"{overhead_us:>8.1f} {n / em:>8.0f} {em / bdm:>8.2f}"
+        )
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    first = statistics.median(first_step_latency(tmp) for _ in range(3))
+    print(f"peak RSS: {rss_mb:.1f} MB")
+    print(f"process start -> first step (flowdeck run): {first * 1000:.0f} ms (target ≤ 300 ms)")
+    print(f"50x20 overhead: {results['50x20']:.1f} µs/step (target ≤ 40 µs/step)")
+
+
+if __name__ == "__main__":
+    main()
