@@ -62,10 +62,8 @@ class EventLog:
         self, kind: str, run_id: str | None = None, step_id: str | None = None, **data: Any
     ) -> Event:
         ev = Event(kind, run_id, step_id, data, self.clock())
-        self.store.execute(
-            EVENT_SQL,
-            (ev.ts, run_id, step_id, kind, json.dumps(data, separators=(",", ":"), default=str)),
-        )
+        encoded = json.dumps(data, separators=(",", ":"), default=str) if data else "{}"
+        self.store.execute(EVENT_SQL, (ev.ts, run_id, step_id, kind, encoded))
         for listener in self.listeners:
             listener(ev)
         return ev

@@ -65,8 +65,7 @@ def _core(conn: sqlite3.Connection) -> None:
             next_retry_at REAL,
             operation TEXT,
             PRIMARY KEY (run_id, step_id)
-        );
-        CREATE INDEX steps_status ON steps(status);
+        ) WITHOUT ROWID;
 
         CREATE TABLE attempts (
             id INTEGER PRIMARY KEY,

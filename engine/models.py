@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -214,6 +214,10 @@ class WorkflowSpec(_Spec):
     concurrency: int = Field(default=16, ge=1)
     """At most this many steps of one run at once."""
     steps: dict[str, StepSpec] = Field(min_length=1)
+
+    _cache: dict[str, Any] = PrivateAttr(default_factory=dict)
+    """Derived data (graph, depths, JSON) computed once per spec object; specs are not
+    mutated after loading."""
 
     @field_validator("name")
     @classmethod

@@ -69,6 +69,33 @@ RUN_UPDATE = (
 )
 
 
+@dataclass(slots=True, frozen=True)
+class Plan:
+    """What the runner derives from a spec, computed once per spec object."""
+
+    dependents: dict[str, list[str]]
+    depths: dict[str, int]
+    policies: dict[str, RetryPolicy]
+    timeouts: dict[str, float]
+    has_expr: dict[str, bool]
+    spec_json: str
+
+
+def plan_for(spec: WorkflowSpec) -> Plan:
+    plan = spec._cache.get("plan")
+    if plan is None:
+        plan = Plan(
+            dependents=dag.dependents(spec),
+            depths=dag.depths(spec),
+            policies={sid: spec.retry_for(s) for sid, s in spec.steps.items()},
+            timeouts={sid: spec.timeout_for(s) for sid, s in spec.steps.items()},
+            has_expr={sid: has_expressions(s.with_) for sid, s in spec.steps.items()},
+            spec_json=spec.model_dump_json(by_alias=True),
+        )
+        spec._cache["plan"] = plan
+    return plan
+
+
 def new_run_id() -> str:
     return secrets.token_hex(6)
 
@@ -140,17 +167,19 @@ class RunExecution:
         self.spec = spec
         self.inputs = inputs
         self.status = RunStatus.PENDING
-        self.dependents = dag.dependents(spec)
+        self.plan = plan = plan_for(spec)
+        self.dependents = plan.dependents
         if states is None:
+            pending = StepStatus.PENDING
             states = {
                 sid: StepState(
                     id=sid,
                     spec=s,
-                    status=StepStatus.PENDING,
+                    status=pending,
                     waiting=len(set(s.needs)),
-                    policy=spec.retry_for(s),
-                    timeout=spec.timeout_for(s),
-                    has_expr=has_expressions(s.with_),
+                    policy=plan.policies[sid],
+                    timeout=plan.timeouts[sid],
+                    has_expr=plan.has_expr[sid],
                 )
                 for sid, s in spec.steps.items()
             }
@@ -309,11 +338,6 @@ class RunExecution:
             st.started_at = now
         self._set(st, StepStatus.RUNNING, attempt=number, of=st.max_attempts)
         agent_id = st.spec.agent
-        self.store.execute(
-            ATTEMPT_UPSERT,
-            (self.run_id, st.id, number, agent_id, st.operation, "running", now,
-             None, None, None, None, None, None, None),
-        )  # fmt: skip
         call = StepCall(
             run_id=self.run_id,
             step_id=st.id,
@@ -408,8 +432,22 @@ class RunExecution:
             self.error = f"step {st.id} {status.value}: {error.message}"
         self._skip_dependents(st)
 
+    def _descendants(self, step_id: str) -> list[str]:
+        """Every step below `step_id`, breadth first (only needed when something fails)."""
+        seen: dict[str, None] = {}
+        frontier = [step_id]
+        while frontier:
+            nxt = []
+            for sid in frontier:
+                for child in self.dependents.get(sid, ()):
+                    if child not in seen:
+                        seen[child] = None
+                        nxt.append(child)
+            frontier = nxt
+        return list(seen)
+
     def _skip_dependents(self, st: StepState) -> None:
-        for child_id in dag.descendants(self.spec, st.id):
+        for child_id in self._descendants(st.id):
             child = self.steps[child_id]
             if child.status in (StepStatus.PENDING, StepStatus.READY):
                 self._set(child, StepStatus.SKIPPED, reason=f"{st.id} {st.status.value}")
@@ -559,8 +597,8 @@ class Engine:
         run_id = new_run_id()
         run = RunExecution(self, run_id, spec, inputs)
         now = self.clock()
-        depth = dag.depths(spec)
-        spec_json = spec.model_dump_json(by_alias=True)
+        depth = run.plan.depths
+        spec_json = run.plan.spec_json
 
         def create_rows(db: Any) -> None:
             db.execute(

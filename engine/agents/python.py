@@ -135,8 +135,30 @@ def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Cheap check that `value` is already JSON data (small dicts/lists of scalars)."""
+    if isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if depth > 3:
+        return False
+    if type(value) is dict:
+        return len(value) <= 64 and all(
+            type(k) is str and _plain(v, depth + 1) for k, v in value.items()
+        )
+    if type(value) is list:
+        return len(value) <= 64 and all(_plain(v, depth + 1) for v in value)
+    return False
+
+
 def to_json_value(value: Any, what: str) -> Any:
     """`value` as plain JSON data (tuples become lists); StepError(VALIDATION) if it is not JSON."""
+    if _plain(value):
+        return value
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError, RecursionError) as e:
@@ -180,29 +202,69 @@ class PythonAgent(Agent):
     async def call(self, call: StepCall) -> Any:
         params = call.params
         call.operation = self.operation(params)
-        problems = _problems(params, allow_expressions=False)
-        if problems:
-            raise StepError("; ".join(problems), ErrorClass.VALIDATION)
-        target: str = params["call"]
-        kwargs = dict(params.get("args") or {})
-
-        func = await _aresolve(target)
-        sig = _signature(func)
-        if _wants_ctx(sig) and "ctx" not in kwargs:
+        target = params.get("call") if isinstance(params, dict) else None
+        resolved = _RESOLVED.get(target) if isinstance(target, str) else None
+        if resolved is None or not params.keys() <= _PARAM_SET:
+            problems = _problems(params, allow_expressions=False)
+            if problems:
+                raise StepError("; ".join(problems), ErrorClass.VALIDATION)
+            resolved = await _Resolved.load(target)
+        args = params.get("args") or {}
+        if not isinstance(args, dict):
+            raise StepError(
+                "args: must be a mapping of argument names to values", ErrorClass.VALIDATION
+            )
+        kwargs = dict(args)
+        if resolved.wants_ctx and "ctx" not in kwargs:
             kwargs["ctx"] = call
-        if sig is not None:
-            try:
-                sig.bind(**kwargs)
-            except TypeError as e:
-                raise StepError(f"'{target}': bad args: {e}", ErrorClass.VALIDATION) from e
-
+        resolved.check_args(kwargs)
         try:
-            result = await invoke(func, **kwargs)
+            if resolved.is_async:
+                result = await resolved.func(**kwargs)
+            else:
+                result = await invoke(resolved.func, **kwargs)
         except StepError:
             raise
         except (Exception, SystemExit) as e:
             raise StepError(_describe(e), ErrorClass.INTERNAL, retryable=True) from e
         return to_json_value(result, f"'{target}'")
+
+
+class _Resolved:
+    """A resolved call target with what each call needs, computed once per target."""
+
+    __slots__ = ("bound_ok", "func", "is_async", "sig", "target", "wants_ctx")
+
+    def __init__(self, target: str, func: Callable[..., Any]):
+        self.target = target
+        self.func = func
+        self.sig = _signature(func)
+        self.is_async = _is_async(func)
+        self.wants_ctx = _wants_ctx(self.sig)
+        self.bound_ok: set[frozenset[str]] = set()
+
+    @classmethod
+    async def load(cls, target: str) -> _Resolved:
+        resolved = cls(target, await _aresolve(target))
+        _RESOLVED[target] = resolved
+        return resolved
+
+    def check_args(self, kwargs: dict[str, Any]) -> None:
+        """Argument names against the signature (remembered: names decide, not values)."""
+        if self.sig is None:
+            return
+        names = frozenset(kwargs)
+        if names in self.bound_ok:
+            return
+        try:
+            self.sig.bind(**kwargs)
+        except TypeError as e:
+            raise StepError(f"'{self.target}': bad args: {e}", ErrorClass.VALIDATION) from e
+        self.bound_ok.add(names)
+
+
+_RESOLVED: dict[str, _Resolved] = {}
+_PARAM_SET = frozenset(_PARAMS)
 
 
 def _problems(params: Any, *, allow_expressions: bool) -> list[str]:
