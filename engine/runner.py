@@ -110,6 +110,31 @@ class Executor(Protocol):
     async def execute(self, agent: Agent, call: StepCall) -> Any: ...
 
 
+class StepHook:
+    """Extension point around a step's action (review gates, the undo log, ...).
+
+    For each step the engine asks every hook in `Engine.hooks` whether it `applies` (keep that
+    cheap: it runs for every step); `before` runs in order and may change the rendered params
+    or raise `StepError` (e.g. `ErrorClass.REJECTED`); after the action `after` runs in reverse
+    order and may replace the output; if anything fails after a hook's `before`, its `failed`
+    runs (CancelledError included) and the error propagates.
+    """
+
+    def applies(self, run: RunExecution, st: StepState) -> bool:
+        return False
+
+    async def before(
+        self, run: RunExecution, st: StepState, agent: Agent, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        return params
+
+    async def after(self, run: RunExecution, st: StepState, output: Any) -> Any:
+        return output
+
+    async def failed(self, run: RunExecution, st: StepState, error: BaseException) -> None:
+        return None
+
+
 class LocalExecutor:
     """Runs the agent in this process (sync agents move themselves to a thread)."""
 
@@ -300,12 +325,24 @@ class RunExecution:
                 raise StepError(str(e), ErrorClass.VALIDATION) from None
             agent = self.agent(st)
             st.operation = agent.operation(params)
-            output = await run_with_retries(
-                st.policy,
-                lambda n: self._attempt(st, agent, params, n),
-                on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
-                sleep=lambda seconds: self._backoff(st, seconds),
-            )
+            entered: list[StepHook] = []
+            try:
+                for hook in self.engine.hooks:
+                    if hook.applies(self, st):
+                        params = await hook.before(self, st, agent, params)
+                        entered.append(hook)
+                output = await run_with_retries(
+                    st.policy,
+                    lambda n: self._attempt(st, agent, params, n),
+                    on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
+                    sleep=lambda seconds: self._backoff(st, seconds),
+                )
+            except BaseException as e:
+                for hook in reversed(entered):
+                    await hook.failed(self, st, e)
+                raise
+            for hook in reversed(entered):
+                output = await hook.after(self, st, output)
         except asyncio.CancelledError:
             self._flush_failed_attempt(st, None)
             st.next_retry_at = None
@@ -317,7 +354,8 @@ class RunExecution:
                 self._set(st, StepStatus.CANCELLED)
         except StepError as e:
             self._flush_failed_attempt(st, None)
-            self._fail(st, e)
+            rejected = e.error_class is ErrorClass.REJECTED
+            self._fail(st, e, StepStatus.REJECTED if rejected else StepStatus.FAILED)
         except Exception as e:  # a bug in an agent must not take the engine down
             log.exception("step %s of run %s crashed", st.id, self.run_id)
             self._flush_failed_attempt(st, None)
@@ -325,6 +363,16 @@ class RunExecution:
         else:
             self._succeed(st, output)
         finally:
+            if not st.status.ended and st.status is not StepStatus.PENDING:
+                # Safety net: a bug above must not leave the run waiting forever.
+                log.error("step %s of run %s left in %s; failing it", st.id, self.run_id, st.status)
+                st.status = StepStatus.FAILED
+                st.ended_at = self.engine.clock()
+                st.error, st.error_class = "internal error in the runner", ErrorClass.INTERNAL.value
+                self.ended += 1
+                self._write_step(st)
+                self.events.emit("step.failed", self.run_id, st.id, error=st.error)
+                self._skip_dependents(st)
             self.engine._release(self, st)
             self._check_done()
 
@@ -554,6 +602,8 @@ class Engine:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         """Who holds the lease of the runs this engine executes."""
         self.runs: dict[str, RunExecution] = {}
+        self.hooks: list[StepHook] = []
+        """Step hooks, in the order their `before` runs."""
         self._ready: list = []
         self._seq = itertools.count()
         self._active = 0

@@ -357,3 +357,43 @@ async def test_every_state_change_is_one_event(engine, store):
         "step.succeeded",
         "run.succeeded",
     ]
+
+
+async def test_step_hooks_wrap_the_action_in_order(store):
+    from engine.errors import ErrorClass, StepError
+    from engine.runner import StepHook
+
+    calls = []
+
+    class Tag(StepHook):
+        def __init__(self, name):
+            self.name = name
+
+        def applies(self, run, st):
+            return st.id != "plain"
+
+        async def before(self, run, st, agent, params):
+            calls.append(f"{self.name}.before:{st.id}")
+            if st.id == "vetoed" and self.name == "outer":
+                raise StepError("no", ErrorClass.REJECTED)
+            return {**params, "args": {"value": self.name}} if self.name == "inner" else params
+
+        async def after(self, run, st, output):
+            calls.append(f"{self.name}.after:{st.id}")
+            return {**output, "seen_by": [*output.get("seen_by", []), self.name]}
+
+        async def failed(self, run, st, error):
+            calls.append(f"{self.name}.failed:{st.id}")
+
+    spec = wf({"a": py("echo", args={"value": 1}), "plain": py("echo", args={"value": 2}),
+               "vetoed": py("echo"), "child": py("noop", ["vetoed"])})  # fmt: skip
+    async with Engine(store, max_concurrency=1) as eng:
+        eng.hooks += [Tag("outer"), Tag("inner")]
+        run = await eng.run(spec)
+    assert run.outputs["a"] == {"value": "inner", "seen_by": ["inner", "outer"]}
+    assert run.outputs["plain"] == {"value": 2}
+    assert calls[:4] == ["outer.before:a", "inner.before:a", "inner.after:a", "outer.after:a"]
+    assert "outer.failed:vetoed" not in calls  # its own before raised: nothing to undo
+    assert statuses(store, run.run_id)["vetoed"] == "rejected"
+    assert statuses(store, run.run_id)["child"] == "skipped"
+    assert run.status is RunStatus.FAILED
