@@ -102,7 +102,9 @@ class RunProgress:
             )
             self._live.__enter__()
         else:
-            output.stderr.print(output.safe(f"run {self.run_id}  {self.workflow}  ({self.total} steps)"))
+            output.stderr.print(
+                output.safe(f"run {self.run_id}  {self.workflow}  ({self.total} steps)")
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

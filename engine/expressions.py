@@ -38,7 +38,9 @@ class Ref:
 def parse(expr: str) -> Ref:
     """Parse the inside of `${{ ... }}`."""
     if not PATH_RE.match(expr):
-        raise ExpressionError(f"'{expr}' is not a reference like inputs.NAME or steps.ID.output.PATH")
+        raise ExpressionError(
+            f"'{expr}' is not a reference like inputs.NAME or steps.ID.output.PATH"
+        )
     root, *parts = expr.split(".")
     if root == "inputs":
         if len(parts) < 1:

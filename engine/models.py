@@ -298,10 +298,30 @@ _S = StepStatus
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     _S.PENDING: frozenset({_S.READY, _S.SKIPPED, _S.CANCELLED}),
     _S.READY: frozenset(
-        {_S.RUNNING, _S.WAITING_REVIEW, _S.FAILED, _S.REJECTED, _S.SKIPPED, _S.CANCELLED, _S.PENDING}
+        {
+            _S.RUNNING,
+            _S.WAITING_REVIEW,
+            _S.FAILED,
+            _S.REJECTED,
+            _S.SKIPPED,
+            _S.CANCELLED,
+            _S.PENDING,
+        }
     ),
-    _S.WAITING_REVIEW: frozenset({_S.READY, _S.RUNNING, _S.REJECTED, _S.FAILED, _S.CANCELLED, _S.SUCCEEDED}),
-    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.RETRYING, _S.CANCELLED, _S.WAITING_REVIEW, _S.READY, _S.PENDING}),
+    _S.WAITING_REVIEW: frozenset(
+        {_S.READY, _S.RUNNING, _S.REJECTED, _S.FAILED, _S.CANCELLED, _S.SUCCEEDED}
+    ),
+    _S.RUNNING: frozenset(
+        {
+            _S.SUCCEEDED,
+            _S.FAILED,
+            _S.RETRYING,
+            _S.CANCELLED,
+            _S.WAITING_REVIEW,
+            _S.READY,
+            _S.PENDING,
+        }
+    ),
     _S.RETRYING: frozenset({_S.RUNNING, _S.FAILED, _S.CANCELLED, _S.READY, _S.PENDING}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),

@@ -45,7 +45,9 @@ def resolve_run_id(db: sqlite_utils.Database, run_id: str) -> str:
     """Accept a full id or a unique prefix."""
     if not run_id or any(c in run_id for c in "%_"):
         raise InputError(f"'{run_id}' is not a run id")
-    rows = [r["id"] for r in db.query("SELECT id FROM runs WHERE id LIKE ? LIMIT 2", [run_id + "%"])]
+    rows = [
+        r["id"] for r in db.query("SELECT id FROM runs WHERE id LIKE ? LIMIT 2", [run_id + "%"])
+    ]
     if not rows:
         raise NotFound(f"no run '{run_id}'")
     if len(rows) > 1 and run_id not in rows:
@@ -59,9 +61,7 @@ def get_run(db: sqlite_utils.Database, run_id: str) -> dict[str, Any]:
     run = next(iter(db.query("SELECT * FROM runs WHERE id = ?", [run_id])))
     run["inputs"] = _json(run["inputs"])
     run.pop("spec", None)
-    steps = list(
-        db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY depth, step_id", [run_id])
-    )
+    steps = list(db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY depth, step_id", [run_id]))
     attempts: dict[str, list[dict[str, Any]]] = {}
     for a in db.query(
         "SELECT step_id, number, status, started_at, ended_at, duration_ms, error_class, error, "

@@ -402,7 +402,9 @@ class RunExecution:
                 output = await self.engine.executor.execute(agent, call)
             encoded = _dumps(output)
         except TimeoutError:
-            error = StepError(f"timed out after {st.timeout:g} s", ErrorClass.TIMEOUT, retryable=True)
+            error = StepError(
+                f"timed out after {st.timeout:g} s", ErrorClass.TIMEOUT, retryable=True
+            )
         except StepError as e:
             error = e
         except asyncio.CancelledError:
@@ -472,7 +474,9 @@ class RunExecution:
             if child.waiting == 0 and child.status is StepStatus.PENDING and not self.cancelling:
                 self._make_ready(child)
 
-    def _fail(self, st: StepState, error: StepError, status: StepStatus = StepStatus.FAILED) -> None:
+    def _fail(
+        self, st: StepState, error: StepError, status: StepStatus = StepStatus.FAILED
+    ) -> None:
         st.error, st.error_class = error.message, error.error_class.value
         st.next_retry_at = None
         self._set(st, status, error=error.message, error_class=error.error_class.value)
@@ -713,7 +717,9 @@ class Engine:
         spec = WorkflowSpec.model_validate_json(row["spec"])
         inputs = json.loads(row["inputs"])
         rows = await self.store.aread(
-            lambda db: {r["step_id"]: r for r in db.query("SELECT * FROM steps WHERE run_id=?", [run_id])}
+            lambda db: {
+                r["step_id"]: r for r in db.query("SELECT * FROM steps WHERE run_id=?", [run_id])
+            }
         )
         states: dict[str, StepState] = {}
         for sid, s in spec.steps.items():
@@ -737,7 +743,9 @@ class Engine:
                 operation=r.get("operation"),
             )
         for st in states.values():
-            st.waiting = sum(1 for n in set(st.spec.needs) if states[n].status is not StepStatus.SUCCEEDED)
+            st.waiting = sum(
+                1 for n in set(st.spec.needs) if states[n].status is not StepStatus.SUCCEEDED
+            )
         run = RunExecution(self, run_id, spec, inputs, states)
         run.status = status
         run.started_at = row["started_at"]
@@ -889,7 +897,12 @@ class Engine:
                 ok = run.retry_now(row["step_id"])
         self.store.execute(
             "UPDATE commands SET status=?, handled_at=?, result=? WHERE id=?",
-            ("done" if ok else "failed", self.clock(), None if ok else "not applicable now", row["id"]),
+            (
+                "done" if ok else "failed",
+                self.clock(),
+                None if ok else "not applicable now",
+                row["id"],
+            ),
         )
         self.events.emit(
             "command.done" if ok else "command.failed",

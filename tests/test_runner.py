@@ -59,7 +59,9 @@ def events(store: Store, run_id: str) -> list[tuple[str, str | None]]:
     store.flush_sync()
     return [
         (r["kind"], r["step_id"])
-        for r in store.query("SELECT kind, step_id FROM events WHERE run_id=? ORDER BY id", [run_id])
+        for r in store.query(
+            "SELECT kind, step_id FROM events WHERE run_id=? ORDER BY id", [run_id]
+        )
     ]
 
 
@@ -288,7 +290,11 @@ async def test_interrupt_then_resume_keeps_succeeded_steps(store, db_path):
             await asyncio.sleep(0.01)
         await eng.shutdown(grace=0)
         assert run.done.result() is RunStatus.INTERRUPTED
-    assert statuses(store, run.run_id) == {"first": "succeeded", "long": "pending", "last": "pending"}
+    assert statuses(store, run.run_id) == {
+        "first": "succeeded",
+        "long": "pending",
+        "last": "pending",
+    }
 
     helper_steps.CALLS.clear()
     spec2 = {"long": 0.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -86,7 +87,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         table.add_column(col, overflow="fold")
     for s in run["steps"]:
         detail = s["error"] if s["error"] else s["output"]
-        text = output.safe("" if detail is None else str(detail)[:100])
+        if detail is not None and not isinstance(detail, str):
+            detail = json.dumps(detail, ensure_ascii=False)
+        text = output.safe("" if detail is None else detail[:120])
         table.add_row(
             output.safe(s["step_id"]),
             output.safe(s["agent"] or "-"),
@@ -139,7 +142,9 @@ def cancel_run(store: Any, run_id: str, *, wait: float = 10.0) -> str:
             if status in ENDED:
                 return status
             time.sleep(0.1)
-        raise Conflict(f"run {run_id}: the engine owning it did not confirm the cancel in {wait:g} s")
+        raise Conflict(
+            f"run {run_id}: the engine owning it did not confirm the cancel in {wait:g} s"
+        )
 
     def cancel(db: Any) -> int:
         t = time.time()
@@ -166,7 +171,8 @@ def cancel_run(store: Any, run_id: str, *, wait: float = 10.0) -> str:
             )
             db.conn.executemany(
                 "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?,?,?,?,'{}')",
-                [(t, run_id, s, "step.cancelled") for s in steps] + [(t, run_id, None, "run.cancelled")],
+                [(t, run_id, s, "step.cancelled") for s in steps]
+                + [(t, run_id, None, "run.cancelled")],
             )
         return n
 

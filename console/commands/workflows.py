@@ -73,7 +73,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings.max_concurrency = args.concurrency
     store = open_store(settings, must_exist=False)
     try:
-        return asyncio.run(_drive(store, settings, args, spec=spec, inputs=inputs, source=args.file))
+        return asyncio.run(
+            _drive(store, settings, args, spec=spec, inputs=inputs, source=args.file)
+        )
     finally:
         store.close()
 
@@ -119,7 +121,9 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
         return EXIT_OK
     if status is RunStatus.INTERRUPTED:
         output.stderr.print(
-            output.safe(f"run {run.run_id} interrupted; continue it with: flowdeck resume {run.run_id}")
+            output.safe(
+                f"run {run.run_id} interrupted; continue it with: flowdeck resume {run.run_id}"
+            )
         )
         return EXIT_INTERRUPTED
     return EXIT_FAILED
