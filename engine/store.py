@@ -2,10 +2,9 @@
 
 Writes never run on the event loop. Callers enqueue statements (`execute`, fire and forget) or
 functions (`call`, with a result); the writer thread drains whatever is queued, runs it in one
-transaction (`db.atomic()`), commits, then resolves the waiting futures. Statements with the same
-SQL in a batch run as one `executemany`; the relative order of statements with the same SQL is
-kept, and a function call is a barrier (everything queued before it runs first), so the
-result is the same as running the queue in order.
+transaction (`db.atomic()`), commits, then resolves the waiting futures. Everything runs in
+queue order (consecutive statements with the same SQL go to one `executemany`), so the result is
+the same as running the queue one statement at a time.
 
 Reads use one connection per thread (`reader()`); `aread()` runs a read in a worker thread.
 
@@ -262,18 +261,23 @@ class Store:
         conn = db.conn
         try:
             with db.atomic():
-                groups: dict[str, list[Sequence[Any]]] = {}
+                # Consecutive statements with the same SQL run as one executemany; anything
+                # else runs in queue order, so the result is that of running the queue in order.
+                run_sql: str | None = None
+                run_rows: list[Sequence[Any]] = []
                 for kind, a, b, fut in batch:
                     if kind == _SQL:
-                        rows = groups.get(a)
-                        if rows is None:
-                            groups[a] = [b]
-                        else:
-                            rows.append(b)
-                    elif kind == _CALL:
-                        for sql, rows in groups.items():
-                            conn.executemany(sql, rows)
-                        groups.clear()
+                        if a is run_sql or a == run_sql:
+                            run_rows.append(b)
+                            continue
+                        if run_rows:
+                            conn.executemany(run_sql, run_rows)
+                        run_sql, run_rows = a, [b]
+                        continue
+                    if run_rows:
+                        conn.executemany(run_sql, run_rows)
+                        run_sql, run_rows = None, []
+                    if kind == _CALL:
                         try:
                             with db.atomic():
                                 results.append((fut, a(db), None))
@@ -282,8 +286,8 @@ class Store:
                     else:
                         results.append((fut, None, None))
                         stop = stop or kind == _STOP
-                for sql, rows in groups.items():
-                    conn.executemany(sql, rows)
+                if run_rows:
+                    conn.executemany(run_sql, run_rows)
             self.commits += 1
         except sqlite3.Error as e:
             if len(batch) > 1:

@@ -165,3 +165,21 @@ def test_locked_past_busy_timeout(db_path):
 def test_directory_as_db_is_refused(tmp_path):
     with pytest.raises(DatabaseError, match="directory"):
         Store.open(tmp_path)
+
+
+def test_one_batch_runs_in_queue_order_across_different_sql(store):
+    gate = threading.Event()
+    blocker = store.call(lambda db: gate.wait(5))  # holds the writer so the rest is one batch
+    store.execute("UPDATE events SET kind='updated' WHERE ts = 0")  # touches nothing
+    store.execute("INSERT INTO events(ts, kind) VALUES (1, 'created')")
+    store.execute("UPDATE events SET kind='updated' WHERE ts = 1")
+    store.execute("INSERT INTO events(ts, kind) VALUES (2, 'created')")
+    gate.set()
+    blocker.result()
+    store.flush_sync()
+    assert [
+        (r["ts"], r["kind"]) for r in store.query("SELECT ts, kind FROM events ORDER BY id")
+    ] == [
+        (1, "updated"),
+        (2, "created"),
+    ]
