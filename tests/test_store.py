@@ -170,10 +170,12 @@ def test_directory_as_db_is_refused(tmp_path):
 def test_one_batch_runs_in_queue_order_across_different_sql(store):
     gate = threading.Event()
     blocker = store.call(lambda db: gate.wait(5))  # holds the writer so the rest is one batch
-    store.execute("UPDATE events SET kind='updated' WHERE ts = 0")  # touches nothing
-    store.execute("INSERT INTO events(ts, kind) VALUES (1, 'created')")
-    store.execute("UPDATE events SET kind='updated' WHERE ts = 1")
-    store.execute("INSERT INTO events(ts, kind) VALUES (2, 'created')")
+    update = "UPDATE events SET kind='updated' WHERE ts = ?"
+    insert = "INSERT INTO events(ts, kind) VALUES (?, 'created')"
+    store.execute(update, (0,))  # touches nothing, but its SQL comes first in the batch
+    store.execute(insert, (1,))
+    store.execute(update, (1,))
+    store.execute(insert, (2,))
     gate.set()
     blocker.result()
     store.flush_sync()
