@@ -445,3 +445,36 @@ async def test_importing_the_service_does_not_import_textual() -> None:
         "import sys, console.demo.service; sys.exit('textual' in sys.modules)",
     )
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_post_message_with_the_channel_in_the_body(demo: Demo) -> None:
+    status, msg, _ = await demo.call("POST", "/chat/messages", {"channel": "alerts", "text": "x"})
+    assert status == 201 and msg["channel"] == "alerts" and msg["text"] == "x"
+    listed = await demo.ok("GET", "/chat/channels/alerts/messages")
+    assert [m["id"] for m in listed["messages"]] == [msg["id"]]
+    status, err, _ = await demo.call("POST", "/chat/messages", {"channel": "No Way", "text": "x"})
+    assert status == 422 and "channel" in err["detail"]
+    status, err, _ = await demo.call("POST", "/chat/messages", {"text": "x"})
+    assert status == 422 and "channel" in err["detail"]
+
+
+async def test_separate_ports_give_each_service_its_own_origin() -> None:
+    running = await start_service(ServiceConfig(latency_scale=0), separate_ports=True)
+    try:
+        ports = {s: int(o.rsplit(":", 1)[1]) for s, o in running.origins.items()}
+        assert set(ports) == {"tracker", "chat", "code", "llm"}
+        assert len({running.port, *ports.values()}) == 5
+        assert running.base_url("chat") == running.origins["chat"] + "/chat"
+        assert running.base_url("llm").endswith("/v1")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(running.base_url("code") + "/pulls/1") as resp,
+        ):
+            assert resp.status == 200 and (await resp.json())["number"] == 1
+    finally:
+        await running.stop()
+    plain = await start_service(ServiceConfig(latency_scale=0))
+    try:
+        assert plain.origins == {} and plain.base_url("tracker") == plain.url + "/tracker"
+    finally:
+        await plain.stop()

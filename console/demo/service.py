@@ -6,7 +6,7 @@ the application, each under its own path prefix, plus an admin surface for tests
 | prefix | stands in for | endpoints |
 | --- | --- | --- |
 | `/tracker` | an issue tracker | `GET/POST /issues`, `GET/PATCH/DELETE /issues/{id}`, `POST /issues/{id}/close`, `.../reopen`, `.../restore` |
-| `/chat` | a team chat | `GET /channels`, `GET/POST /channels/{ch}/messages`, `GET/DELETE /messages/{id}`, `POST /messages/{id}/restore` |
+| `/chat` | a team chat | `GET /channels`, `GET/POST /channels/{ch}/messages`, `POST /messages` (`{channel, text}`), `GET/DELETE /messages/{id}`, `POST /messages/{id}/restore` |
 | `/code` | a code host | `GET /pulls`, `GET /pulls/{n}`, `POST /pulls/{n}/close`, `.../reopen`, `GET/POST /branches`, `GET/DELETE /branches/{name}`, `POST /branches/{name}/restore` |
 | `/v1` | an OpenAI-compatible LLM | `POST /chat/completions`, `GET /models` |
 | `/github` | alias: `/github/issues...` is the tracker, `/github/pulls...` and `/github/branches...` the code host (so the example in DESIGN.md runs as written) | |
@@ -457,6 +457,7 @@ class DemoService:
         router.add_get("/chat/channels", self.list_channels)
         router.add_get("/chat/channels/{ch}/messages", self.list_messages)
         router.add_post("/chat/channels/{ch}/messages", self.post_message)
+        router.add_post("/chat/messages", self.post_message_to)
         router.add_get("/chat/messages/{id}", self.get_message)
         router.add_delete("/chat/messages/{id}", self.delete_message)
         router.add_post("/chat/messages/{id}/restore", self.restore_message)
@@ -830,6 +831,19 @@ class DemoService:
     async def post_message(self, request: web.Request) -> web.Response:
         ch = self._channel(request)
         data = await _json_object(request)
+        return self._post(ch, data)
+
+    async def post_message_to(self, request: web.Request) -> web.Response:
+        """`POST /chat/messages` with the channel in the body, like a chat API's postMessage."""
+        data = await _json_object(request)
+        ch = _text_field(data, "channel", required=True, max_len=80) or ""
+        if not _CHANNEL_RE.match(ch):
+            raise ApiError(
+                422, "unprocessable", f"channel: {ch!r}: lowercase letters, digits, - _ ."
+            )
+        return self._post(ch, data)
+
+    def _post(self, ch: str, data: dict[str, Any]) -> web.Response:
         text = _text_field(data, "text", required=True, max_len=40000)
         st = self.state
         seq = st.next_message
@@ -1331,6 +1345,15 @@ def create_app(config: ServiceConfig | None = None) -> web.Application:
     return app
 
 
+SERVICE_PREFIX: dict[str, str] = {
+    "tracker": "/tracker",
+    "chat": "/chat",
+    "code": "/code",
+    "llm": "/v1",
+}
+"""Path prefix of each service (the base URL of an agent is the service's origin + this)."""
+
+
 @dataclass
 class RunningService:
     """A demo service listening on `url`; `await stop()` (or `async with`) shuts it down."""
@@ -1339,6 +1362,14 @@ class RunningService:
     port: int
     app: web.Application
     runner: web.AppRunner = field(repr=False)
+    origins: dict[str, str] = field(default_factory=dict)
+    """Origin (`http://HOST:PORT`) of each service; every one is `url` unless the service was
+    started with `separate_ports`, which gives each service its own port, as separate hosts
+    would have (so a per-host circuit breaker of one service leaves the others alone)."""
+
+    def base_url(self, service: str) -> str:
+        """Base URL of `service` (tracker, chat, code, llm) for an agent's `base_url`."""
+        return self.origins.get(service, self.url) + SERVICE_PREFIX[service]
 
     @property
     def service(self) -> DemoService:
@@ -1356,21 +1387,35 @@ class RunningService:
 
 
 async def start_service(
-    config: ServiceConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: ServiceConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    separate_ports: bool = False,
 ) -> RunningService:
-    """Start the demo service in this event loop (port 0 picks a free port)."""
+    """Start the demo service in this event loop (port 0 picks a free port).
+
+    `separate_ports` also listens on one more free port per service (every port serves every
+    path; `RunningService.base_url(service)` names the service's own one)."""
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    url_host = f"[{host}]" if ":" in host else host
+    origins: dict[str, str] = {}
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1]
+        for service in SERVICES if separate_ports else ():
+            extra = web.TCPSite(runner, host, 0)
+            await extra.start()
+            origins[service] = f"http://{url_host}:{runner.addresses[-1][1]}"
     except BaseException:
         await runner.cleanup()
         raise
-    url_host = f"[{host}]" if ":" in host else host
-    return RunningService(url=f"http://{url_host}:{bound}", port=bound, app=app, runner=runner)
+    return RunningService(
+        url=f"http://{url_host}:{bound}", port=bound, app=app, runner=runner, origins=origins
+    )
 
 
 def _parse_outage(text: str) -> OutageConfig:
