@@ -352,6 +352,9 @@ class RunExecution:
             else:
                 st.error, st.error_class = "cancelled", ErrorClass.CANCELLED.value
                 self._set(st, StepStatus.CANCELLED)
+                if not st.spec.optional and self.error is None and not self.cancelling:
+                    self.error = f"step {st.id} cancelled by operator"
+                self._skip_dependents(st)  # a cancel of this one step (`cancel_step`)
         except StepError as e:
             self._flush_failed_attempt(st, None)
             rejected = e.error_class is ErrorClass.REJECTED

@@ -18,6 +18,7 @@ ENGINE_MODULES = [
     "engine.runner",
     "engine.retries",
     "engine.queries",
+    "engine.views",
     "engine.config",
     "engine.agents.python",
     "engine.agents.shell",

@@ -403,3 +403,15 @@ async def test_step_hooks_wrap_the_action_in_order(store):
     assert statuses(store, run.run_id)["vetoed"] == "rejected"
     assert statuses(store, run.run_id)["child"] == "skipped"
     assert run.status is RunStatus.FAILED
+
+
+async def test_cancel_step_of_a_running_step_skips_its_dependents_and_ends_the_run(engine, store):
+    spec = wf({"slow": py("sleep", args={"seconds": 30}), "after": py("echo", ["slow"])})
+    run = await engine.submit(spec)
+    while run.steps["slow"].status is not StepStatus.RUNNING:
+        await asyncio.sleep(0.01)
+    assert run.cancel_step("slow")
+    status = await asyncio.wait_for(run.wait(), 10)
+    assert status is RunStatus.FAILED
+    assert statuses(store, run.run_id) == {"slow": "cancelled", "after": "skipped"}
+    assert "slow cancelled" in run.error

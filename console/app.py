@@ -1,0 +1,268 @@
+"""FlowdeckApp: the Textual console operators live in.
+
+It attaches to a flowdeck SQLite file that another process writes (`flowdeck console --db`),
+or shares its process with the engine (`flowdeck demo`, pass `engine=`). One thread worker
+(`console.live.LiveFeed`) follows the database and posts coalesced snapshots; screens draw them
+and turn keystrokes into operator actions (`console.operator.Operator`).
+
+Sections are Textual modes: `1` overview, `2` reviews, `3` undo history, `4` analytics; a run
+opens on top of the current section and `esc` goes back. `?` lists the keys with their ids
+(remappable in the console config file), `/` filters, `:` or `ctrl+p` opens the command palette,
+`q` quits.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+from textual.screen import Screen
+from textual.worker import get_current_worker
+
+from console.config import ConsoleConfig, default_path
+from console.live import FeedFailed, LiveFeed, SnapshotReady
+from console.operator import Operator
+from console.screens.analytics import AnalyticsScreen
+from console.screens.base import FlowdeckScreen
+from console.screens.help import HelpScreen
+from console.screens.history import HistoryScreen
+from console.screens.overview import OverviewScreen
+from console.screens.reviews import ReviewsScreen
+from console.screens.run import RunScreen
+from engine.store import Store
+from engine.views import Snapshot
+
+
+class RunsProvider(Provider):
+    """Command palette: open one of the listed runs."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        assert isinstance(app, FlowdeckApp)
+        snap = app.snapshot
+        if snap is None:
+            return
+        matcher = self.matcher(query)
+        for run in snap.runs:
+            text = f"open run {run.id} {run.workflow} ({run.status})"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(
+                    score,
+                    matcher.highlight(text),
+                    partial(app.open_run, run.id),
+                    help=f"{run.steps_done}/{run.steps_total} steps",
+                )
+
+
+class FlowdeckApp(App[None]):
+    """The flowdeck console."""
+
+    TITLE = "flowdeck"
+    CSS = """
+    Screen { layout: vertical; }
+    """
+
+    MODES = {
+        "overview": OverviewScreen,
+        "reviews": ReviewsScreen,
+        "history": HistoryScreen,
+        "analytics": AnalyticsScreen,
+    }
+    DEFAULT_MODE = "overview"
+    COMMANDS = App.COMMANDS | {RunsProvider}
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("colon", "command_palette", "Commands", show=False, id="app.palette"),
+        Binding("1", "section('overview')", "Overview", id="app.overview"),
+        Binding("2", "section('reviews')", "Reviews", id="app.reviews"),
+        Binding("3", "section('history')", "History", id="app.history"),
+        Binding("4", "section('analytics')", "Analytics", id="app.analytics"),
+    ]
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        engine: Any = None,
+        config: ConsoleConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        source_label: str | None = None,
+        analytics: Any = "default",
+        live: bool = True,
+    ):
+        super().__init__()
+        self.config = config or ConsoleConfig()
+        """Keymap, theme, poll interval."""
+        self.store = store
+        self.clock = clock
+        self.source_label = source_label if source_label is not None else str(store.path)
+        """Shown in the status line (the DB path)."""
+        self.feed = LiveFeed(
+            store,
+            clock=clock,
+            interval=self.config.poll_interval,
+            max_rate=self.config.max_redraws,
+            analytics=analytics,
+        )
+        """Follows the database (one thread worker)."""
+        self.operator = Operator(
+            store, engine=engine, reviewer=self.config.reviewer or _user(), clock=clock
+        )
+        """Carries out decisions, undos and commands."""
+        self.snapshot: Snapshot | None = None
+        """The newest snapshot drawn."""
+        self.redraws = 0
+        """Snapshots drawn so far (for benchmarks)."""
+        self.drawn_at: float = 0.0
+        """`time.monotonic()` when the last snapshot was drawn."""
+        self._live = live
+        self._feed_error: str | None = None
+        self.theme = self.config.theme
+        self.set_keymap(self.config.keymap)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_mount(self) -> None:
+        if self._live:
+            self.start_feed()
+
+    def start_feed(self) -> None:
+        self._run_feed()
+
+    @work(thread=True, exclusive=True, group="feed", name="live feed", exit_on_error=False)
+    def _run_feed(self) -> None:
+        worker = get_current_worker()
+        self.feed.run(self.post_message, lambda: worker.is_cancelled)
+
+    async def on_unmount(self) -> None:
+        self.feed.stop()
+
+    def now(self) -> float:
+        return self.clock()
+
+    # ------------------------------------------------------------------ snapshots
+
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        self.show_snapshot(message.snapshot)
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """Draw a snapshot on the visible section (tests and screenshots call it directly)."""
+        self.snapshot = snapshot
+        self.redraws += 1
+        if self._feed_error is not None:
+            self._feed_error = None
+            self.notify("database readable again", markup=False)
+        screen = self._data_screen()
+        if screen is not None:
+            screen.show(snapshot)
+        self.drawn_at = time.monotonic()
+
+    def on_feed_failed(self, message: FeedFailed) -> None:
+        if message.error != self._feed_error:
+            self._feed_error = message.error
+            self.notify(message.error, severity="error", title="database", markup=False)
+
+    def _data_screen(self) -> FlowdeckScreen | None:
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, FlowdeckScreen):
+                return screen
+        return None
+
+    def screen_shown(self, screen: FlowdeckScreen) -> None:
+        """A section or run became visible: point the feed at its data and draw at once."""
+        run_id = screen.run_id if isinstance(screen, RunScreen) else None
+        if run_id is not None and run_id != self.feed.request.run_id:
+            self.feed.update(run_id=run_id)
+        if self.snapshot is not None:
+            screen.show(self.snapshot)
+
+    # ------------------------------------------------------------------ navigation
+
+    def open_run(self, run_id: str) -> None:
+        """Show one run's DAG on top of the current section."""
+        self.feed.update(run_id=run_id)
+        self.push_screen(RunScreen(run_id))
+
+    def action_section(self, mode: str) -> None:
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, FlowdeckScreen):
+            self.pop_screen()
+        self.switch_mode(mode)
+
+    def back(self) -> None:
+        """`esc`: close the run, else go back to the overview."""
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+        elif self.current_mode != "overview":
+            self.switch_mode("overview")
+
+    def action_help(self) -> None:
+        rows: list[tuple[str, str, str]] = []
+        seen: set[str] = set()
+        for key, active in self.active_bindings.items():
+            b = active.binding
+            ident = b.id or ""
+            if (ident or key) in seen or b.action in ("", "noop"):
+                continue
+            seen.add(ident or key)
+            rows.append((self.get_key_display(b), b.description or b.action, ident or "-"))
+        rows.sort(key=lambda r: (r[2] == "-", r[2].startswith("app."), r[2]))
+        self.push_screen(HelpScreen(rows, str(default_path())))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand(
+            "Overview",
+            "Health, runs, reviews, events (1)",
+            partial(self.action_section, "overview"),
+        )
+        yield SystemCommand(
+            "Reviews", "Pending reviews, oldest first (2)", partial(self.action_section, "reviews")
+        )
+        yield SystemCommand(
+            "Undo history", "Undo log with time left (3)", partial(self.action_section, "history")
+        )
+        yield SystemCommand(
+            "Analytics",
+            "Health components, agents, latency (4)",
+            partial(self.action_section, "analytics"),
+        )
+        yield SystemCommand("Help", "Key bindings and their ids (?)", self.action_help)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "console"
+
+
+def binding_ids() -> set[str]:
+    """Every binding id the console knows (for validating a keymap)."""
+    from console.screens.dialogs import CommentScreen, ConfirmScreen, DetailScreen
+    from widgets.dag_view import DagView
+    from widgets.filter_bar import FilterBar
+    from widgets.review_panel import ReviewPanel
+    from widgets.runs_table import RunsTable
+    from widgets.undo_panel import UndoHistory
+
+    classes: list[Any] = [
+        FlowdeckApp, FlowdeckScreen, OverviewScreen, ReviewsScreen, HistoryScreen,
+        AnalyticsScreen, RunScreen, HelpScreen, ConfirmScreen, CommentScreen, DetailScreen,
+        DagView, FilterBar, ReviewPanel, RunsTable, UndoHistory,
+    ]  # fmt: skip
+    ids: set[str] = set()
+    for cls in classes:
+        for b in cls.BINDINGS:
+            if isinstance(b, Binding) and b.id:
+                ids.add(b.id)
+    return ids

@@ -1,0 +1,128 @@
+"""The live feed: one thread that follows the database and posts coalesced snapshots.
+
+`LiveFeed.run()` is the body of one long-lived thread worker, so two polls never overlap. Each
+turn costs one `PRAGMA data_version` when nothing changed; when something did (another process
+committed, or the UI asked for other data through `request`), it reads one consistent
+`Snapshot` (engine/views.py) and posts `SnapshotReady`. Posts are spaced at least
+`1 / max_rate` seconds apart and a newer `SnapshotReady` replaces an older one still queued
+(`can_replace`), so the UI draws at most `max_rate` times a second and always the newest state.
+An operator action calls `wake()` so its effect shows without waiting for the next turn. With
+nothing new, the last snapshot is re-posted with a fresh clock once a second (countdowns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual.message import Message
+
+from engine.errors import DatabaseError
+from engine.store import Store
+from engine.views import Snapshot, SnapshotReader, SnapshotRequest, default_analytics
+
+
+class SnapshotReady(Message):
+    """A new snapshot of the database; a newer one queued behind it replaces it."""
+
+    def __init__(self, snapshot: Snapshot):
+        super().__init__()
+        self.snapshot = snapshot
+        """What to show."""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SnapshotReady)
+
+
+class FeedFailed(Message):
+    """Reading the database failed (the feed keeps trying)."""
+
+    def __init__(self, error: str):
+        super().__init__()
+        self.error = error
+        """One line saying what went wrong."""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, FeedFailed)
+
+
+class LiveFeed:
+    """Follows a store and hands snapshots to `post`."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        interval: float = 0.25,
+        max_rate: float = 10.0,
+        tick: float = 1.0,
+        analytics: Any = "default",
+    ):
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        """Seconds between two looks at the database."""
+        self.min_gap = 1.0 / max_rate
+        """Least seconds between two posted snapshots."""
+        self.tick = tick
+        """Seconds after which an unchanged snapshot is re-posted with a fresh clock."""
+        self.reader = SnapshotReader(
+            store.read, analytics=default_analytics() if analytics == "default" else analytics
+        )
+        self.polls = 0
+        """Looks at the database so far."""
+        self.posted = 0
+        """Snapshots posted so far."""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._urgent = False
+
+    @property
+    def request(self) -> SnapshotRequest:
+        return self.reader.request
+
+    def update(self, **changes: Any) -> None:
+        """Change what the snapshots hold and read at once."""
+        self.reader.request = dataclasses.replace(self.reader.request, **changes)
+        self.wake()
+
+    def wake(self, *, urgent: bool = True) -> None:
+        """Poll now instead of at the next turn. `urgent` (an operator action or a move to
+        another screen) also skips the spacing of posts once, so the answer shows at once."""
+        self._urgent = self._urgent or urgent
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self, post: Callable[[Message], Any], cancelled: Callable[[], bool]) -> None:
+        """Poll until `stop()` or `cancelled()`; call from one dedicated thread."""
+        last_post = float("-inf")
+        while not (self._stop.is_set() or cancelled()):
+            self._wake.clear()
+            urgent, self._urgent = self._urgent, False
+            if not urgent:
+                left = self.min_gap - (time.monotonic() - last_post)
+                if left > 0 and self._stop.wait(left):
+                    break
+            snapshot: Snapshot | None = None
+            try:
+                snapshot = self.reader.poll(self.clock())
+                self.polls += 1
+            except DatabaseError as e:
+                post(FeedFailed(str(e)))
+            except Exception as e:  # never let the feed die silently
+                post(FeedFailed(f"{type(e).__name__}: {e}"))
+            last = self.reader.last
+            if snapshot is None and last is not None and time.monotonic() - last_post >= self.tick:
+                snapshot = dataclasses.replace(last, now=self.clock())
+            if snapshot is not None:
+                post(SnapshotReady(snapshot))
+                self.posted += 1
+                last_post = time.monotonic()
+            self._wake.wait(self.interval)

@@ -1,0 +1,166 @@
+"""Operator actions from the console: review decisions, undo, and commands to a run's engine.
+
+When the engine that owns a run lives in this process (the demo), a command goes straight to
+it; otherwise it becomes a row in the `commands` table that the owning engine picks up within
+its poll interval (DESIGN.md: the SQLite file is the contract between processes). Decisions
+are compare-and-set in the database, so a decision made elsewhere first wins and this one
+gets `Conflict`. Every method runs on the event loop and never blocks it: writes go through
+the store's writer thread (`await store.run`), reads through `aread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engine.errors import Conflict, NotFound
+from engine.store import Store
+
+ACTIVE_STEP = ("running", "retrying", "waiting_review", "pending", "ready")
+
+
+class Operator:
+    """Carries out what the operator asks for."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        engine: Any = None,
+        reviewer: str = "console",
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.engine = engine
+        """An `engine.runner.Engine` running in this process and loop, if any."""
+        self.reviewer = reviewer
+        """Name recorded with decisions and undos."""
+        self.clock = clock
+
+    # ------------------------------------------------------------------ reviews
+
+    async def decide(self, review_id: int, decision: str, comment: str | None = None) -> str:
+        """Approve or reject a pending review. Raises Conflict if it was decided already."""
+        if decision not in ("approve", "reject"):
+            raise ValueError(f"decision must be approve or reject, not {decision!r}")
+        status = "approved" if decision == "approve" else "rejected"
+        now = self.clock()
+        reviewer = self.reviewer
+
+        def cas(db: Any) -> dict[str, Any]:
+            row = db.execute(
+                "SELECT run_id, step_id, status, reviewer FROM reviews WHERE id = ?", [review_id]
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no review {review_id}")
+            n = db.execute(
+                "UPDATE reviews SET status = ?, decided_at = ?, reviewer = ?, comment = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (status, now, reviewer, comment, review_id),
+            ).rowcount
+            if n != 1:
+                raise Conflict(
+                    f"review {review_id} was already decided ({row[2]} by {row[3] or 'someone'})"
+                )
+            db.execute(
+                "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?, ?, ?, ?, ?)",
+                (
+                    now,
+                    row[0],
+                    row[1],
+                    "review.decided",
+                    json.dumps({"id": review_id, "decision": status, "reviewer": reviewer}),
+                ),
+            )
+            return {"run_id": row[0], "step_id": row[1]}
+
+        await self.store.run(cas)
+        return status
+
+    # ------------------------------------------------------------------ undo
+
+    async def undo(self, entry_id: int) -> str:
+        """Undo one entry of the undo log; returns a one-line result."""
+        from engine import undo as undo_module  # lands with the undo log
+
+        fn = getattr(undo_module, "undo_entry", None) or undo_module.undo
+        result = await fn(self.store, entry_id, by=self.reviewer)
+        return str(getattr(result, "summary", None) or result)
+
+    # ------------------------------------------------------------------ commands
+
+    async def _owner(self, run_id: str) -> tuple[str, bool]:
+        rows = await self.store.aread(
+            lambda db: list(
+                db.query("SELECT status, owner, lease_until FROM runs WHERE id = ?", [run_id])
+            )
+        )
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        row = rows[0]
+        alive = bool(row["owner"] and row["lease_until"] and row["lease_until"] > time.time())
+        return row["status"], alive
+
+    def _local(self, run_id: str) -> Any:
+        engine = self.engine
+        if engine is None:
+            return None
+        return engine.runs.get(run_id)
+
+    async def _command(self, kind: str, run_id: str, step_id: str | None = None) -> int:
+        now = self.clock()
+
+        def insert(db: Any) -> int:
+            cur = db.execute(
+                "INSERT INTO commands(created_at, run_id, step_id, kind) VALUES (?, ?, ?, ?)",
+                (now, run_id, step_id, kind),
+            )
+            return cur.lastrowid
+
+        return await self.store.run(insert)
+
+    async def cancel_run(self, run_id: str) -> str:
+        """Cancel a run: through its engine (here or in another process), or in the DB when
+        no engine owns it any more."""
+        local = self._local(run_id)
+        if local is not None:
+            local.cancel("cancelled by operator")
+            return "cancelling"
+        status, alive = await self._owner(run_id)
+        if status in ("succeeded", "failed", "cancelled"):
+            raise Conflict(f"run {run_id} already ended ({status})")
+        if alive:
+            await self._command("cancel_run", run_id)
+            return "cancel requested"
+        from console.commands.runs import cancel_run
+
+        return await asyncio.to_thread(cancel_run, self.store, run_id, wait=0)
+
+    async def cancel_step(self, run_id: str, step_id: str) -> str:
+        """Cancel one step (running, waiting or not started)."""
+        local = self._local(run_id)
+        if local is not None:
+            if not local.cancel_step(step_id):
+                raise Conflict(f"step {step_id} already ended")
+            return "cancelled"
+        _, alive = await self._owner(run_id)
+        if not alive:
+            raise Conflict(f"no engine is running run {run_id}")
+        await self._command("cancel_step", run_id, step_id)
+        return "cancel requested"
+
+    async def retry_now(self, run_id: str, step_id: str) -> str:
+        """Start the next attempt of a step waiting out its retry backoff now."""
+        local = self._local(run_id)
+        if local is not None:
+            if not local.retry_now(step_id):
+                raise Conflict(f"step {step_id} is not waiting to retry")
+            return "retrying now"
+        _, alive = await self._owner(run_id)
+        if not alive:
+            raise Conflict(f"no engine is running run {run_id}")
+        await self._command("retry_now", run_id, step_id)
+        return "retry requested"

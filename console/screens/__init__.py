@@ -1,0 +1,1 @@
+"""The console's screens: overview, run, reviews, history, analytics, and the dialogs."""

@@ -1,0 +1,124 @@
+"""engine/views.py: the console's read models, on a real SQLite file written by a real engine."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from engine.models import WorkflowSpec
+from engine.runner import Engine
+from engine.views import (
+    SnapshotReader,
+    UndoRow,
+    pending_reviews,
+    run_view,
+    runs_page,
+)
+
+H = "tests.helpers.console"
+
+
+def wf(name: str, steps: dict) -> WorkflowSpec:
+    return WorkflowSpec.model_validate(
+        {"name": name, "agents": {"py": {"kind": "python"}}, "steps": steps}
+    )
+
+
+def py(fn: str, needs=(), **kw):
+    return {"agent": "py", "with": {"call": f"{H}:{fn}", "args": kw.pop("args", {})},
+            "needs": list(needs), **kw}  # fmt: skip
+
+
+async def test_runs_page_progress_filter_and_run_view(store):
+    engine = Engine(store)
+    await engine.start()
+    try:
+        spec = wf("fan", {
+            "a": py("echo", description="first"),
+            "b": py("echo", ["a"]), "c": py("fail", ["a"]), "d": py("echo", ["b", "c"]),
+        })  # fmt: skip
+        failed = await engine.run(spec)
+        ok = await engine.run(wf("single", {"only": py("echo", args={"value": "[b]x[/b]"})}))
+    finally:
+        await engine.aclose()
+    rows = store.read(lambda db: runs_page(db))
+    assert [r.id for r in rows] == [ok.run_id, failed.run_id]  # newest first
+    assert (rows[1].steps_done, rows[1].steps_total, rows[1].status) == (4, 4, "failed")
+    assert rows[1].duration(time.time()) >= 0
+    assert [r.id for r in store.read(lambda db: runs_page(db, text="FAN"))] == [failed.run_id]
+    assert [r.id for r in store.read(lambda db: runs_page(db, text="succ"))] == [ok.run_id]
+
+    view = store.read(lambda db: run_view(db, failed.run_id))
+    assert [(s.step_id, s.depth, s.status) for s in view.steps] == [
+        ("a", 0, "succeeded"), ("b", 1, "succeeded"), ("c", 1, "failed"), ("d", 2, "skipped"),
+    ]  # fmt: skip
+    a, c, d = view.step("a"), view.step("c"), view.step("d")
+    assert a.description == "first" and a.params["call"] == f"{H}:echo"
+    assert c.error == "RuntimeError: boom" and c.attempts[0].status == "failed"
+    assert d.needs == ("b", "c") and d.attempts == ()
+    assert store.read(lambda db: run_view(db, "nope")) is None
+    only = store.read(lambda db: run_view(db, ok.run_id)).step("only")
+    assert only.output == {"value": "[b]x[/b]"}
+
+
+def _review(store, run_id: str, created: float, status: str = "pending") -> int:
+    return store.run_sync(
+        lambda db: (
+            db.execute(
+                "INSERT INTO reviews(run_id, step_id, status, created_at, params, candidates) "
+                "VALUES (?, 's', ?, ?, ?, ?)",
+                (run_id, status, created, json.dumps({"n": 1}), json.dumps([{"target": "x"}])),
+            ).lastrowid
+        )
+    )
+
+
+def test_pending_reviews_oldest_first(store):
+    newer = _review(store, "r1", 200.0)
+    older = _review(store, "r2", 100.0)
+    _review(store, "r3", 50.0, status="approved")
+    rows = store.read(lambda db: pending_reviews(db))
+    assert [r.id for r in rows] == [older, newer]
+    assert rows[0].params == {"n": 1} and rows[0].candidates == [{"target": "x"}]
+
+
+def test_undo_row_says_why_it_cannot_be_undone():
+    def row(status: str, expires: float | None) -> UndoRow:
+        return UndoRow(1, "r", "s", None, None, None, 0.0, expires, status, None, None, None, None)
+
+    assert row("done", 200.0).why_not(100.0) is None
+    assert row("done", 200.0).time_left(150.0) == 50.0
+    assert row("done", 100.0).why_not(150.0) == "the undo window has expired"
+    assert row("undone", 200.0).why_not(100.0) == "already undone"
+    assert row("void", None).why_not(100.0).startswith("the action did not happen")
+    assert row("weird", None).why_not(0.0) == "status is weird"
+
+
+async def test_snapshot_reader_reads_only_when_something_changed(store, db_path):
+    from engine.store import Store
+
+    other = Store.open(db_path)  # the console's own connection
+    try:
+        reader = SnapshotReader(other.read)
+        first = reader.poll(1000.0)
+        assert first is not None and first.runs == ()
+        assert reader.poll(1001.0) is None  # nothing changed: one pragma, no snapshot
+        engine = Engine(store)
+        await engine.start()
+        try:
+            run = await engine.run(wf("w", {"a": py("echo")}))
+        finally:
+            await engine.aclose()
+        snap = reader.poll(1002.0)
+        assert snap is not None and [r.id for r in snap.runs] == [run.run_id]
+        kinds = [e.kind for e in snap.events]
+        assert kinds[0] == "run.created" and kinds[-1] == "run.succeeded"
+        assert reader.poll(1003.0) is None
+        import dataclasses
+
+        reader.request = dataclasses.replace(reader.request, run_id=run.run_id)
+        snap = reader.poll(1004.0)  # a new request reads even without new data
+        assert snap.run is not None and snap.run.run.id == run.run_id
+        assert snap.last_event_id == snap.events[-1].id
+    finally:
+        other.close()

@@ -1,0 +1,63 @@
+"""AgentRankings: agents ranked by success rate, with calls and P95 latency.
+
+Fed `engine.analytics.RankedAgent`s (rank, agent, calls, success_rate, p95_ms) via `show()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.text import Text
+
+from widgets.live_table import LiveTable
+from widgets.text import millis, percent, plain
+
+
+def _rate_style(rate: float | None) -> str:
+    if rate is None:
+        return "dim"
+    return "green" if rate >= 0.95 else "yellow" if rate >= 0.8 else "red"
+
+
+class AgentRankings(LiveTable):
+    """Best agents first."""
+
+    DEFAULT_CSS = """
+    AgentRankings {
+        height: 1fr;
+    }
+    """
+
+    def on_mount(self) -> None:
+        self.cursor_type = "none"
+        self.add_column("#", key="rank")
+        self.add_column("agent", key="agent")
+        self.add_column("success", key="success")
+        self.add_column("calls", key="calls")
+        self.add_column("P95", key="p95")
+
+    def show(self, rankings: Sequence[Any]) -> None:
+        if not rankings:
+            empty = Text("no calls yet", style="dim")
+            self.set_rows([("", (Text(""), empty, Text(""), Text(""), Text("")))])
+            return
+        self.set_rows(
+            [
+                (
+                    a.agent,
+                    (
+                        Text(str(a.rank), style="dim"),
+                        plain(a.agent, single_line=True, limit=20),
+                        Text(
+                            percent(a.success_rate),
+                            style=_rate_style(a.success_rate),
+                            justify="right",
+                        ),
+                        Text(str(a.calls), justify="right"),
+                        Text(millis(a.p95_ms), justify="right"),
+                    ),
+                )
+                for a in rankings
+            ]
+        )

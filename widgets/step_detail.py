@@ -1,0 +1,134 @@
+"""StepDetail: everything about the selected step of a run.
+
+Status, agent and operation, attempt n/m, duration or retry countdown, needs and dependents,
+the step's inputs (`with:`), its output, its error and every attempt. All data is shown
+literally. Fed `engine.views.StepView` via `show()`; a collapsed group shows its members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from engine.views import StepView
+from widgets.text import clock, duration, plain, status_text, to_json
+
+OUTPUT_LIMIT = 4000
+
+
+def step_renderable(step: StepView, dependents: Sequence[str], now: float) -> RenderableType:
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    title = Text()
+    title.append_text(plain(step.step_id))
+    title.append("  ")
+    title.append_text(status_text(step.status))
+    if step.destructive:
+        title.append("  destructive", style="bold magenta")
+    if step.description:
+        grid.add_row("", plain(step.description))
+    grid.add_row(
+        "agent", plain(f"{step.agent or '-'} ({step.kind or '-'})  {step.operation or ''}")
+    )
+    attempt = Text(f"{step.attempt}/{step.max_attempts}")
+    retry_in = step.retry_in(now)
+    if retry_in is not None:
+        attempt.append(f"  next attempt in {duration(retry_in)}", style="yellow")
+        attempt.append("  (n: now)", style="dim")
+    grid.add_row("attempt", attempt)
+    grid.add_row(
+        "time",
+        Text(f"started {clock(step.started_at)}  took {duration(step.duration(now))}"),
+    )
+    grid.add_row("needs", plain(", ".join(step.needs) or "-"))
+    grid.add_row("needed by", plain(", ".join(dependents) or "-"))
+    if step.params is not None:
+        grid.add_row("inputs", plain(to_json(step.params, indent=2), limit=OUTPUT_LIMIT))
+    if step.output is not None:
+        grid.add_row(
+            "output",
+            plain(
+                to_json(step.output, indent=2) if not isinstance(step.output, str) else step.output,
+                limit=OUTPUT_LIMIT,
+            ),
+        )
+    if step.error:
+        err = Text()
+        if step.error_class:
+            err.append(f"[{step.error_class}] ", style="bold red")
+        err.append_text(plain(step.error, limit=OUTPUT_LIMIT))
+        grid.add_row("error", err)
+    parts: list[RenderableType] = [title, grid]
+    if step.attempts:
+        attempts = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold dim")
+        for col in ("#", "status", "started", "took", "error"):
+            attempts.add_column(col, no_wrap=col != "error")
+        for a in step.attempts:
+            error = Text()
+            if a.error_class:
+                error.append(f"[{a.error_class}] ", style="red")
+            error.append_text(plain(a.error or "", single_line=True, limit=200))
+            if a.next_retry_at:
+                error.append(f" retry at {clock(a.next_retry_at)}", style="dim")
+            attempts.add_row(
+                str(a.number),
+                status_text(a.status),
+                clock(a.started_at),
+                duration(a.duration_ms / 1000 if a.duration_ms is not None else None),
+                error,
+            )
+        parts += [Text("attempts", style="bold"), attempts]
+    return Group(*parts)
+
+
+class StepDetail(VerticalScroll):
+    """Details of the selected step."""
+
+    DEFAULT_CSS = """
+    StepDetail {
+        height: 1fr;
+        padding: 0 1;
+        scrollbar-size-vertical: 1;
+    }
+    StepDetail > Static {
+        width: 1fr;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None):
+        super().__init__(Static(id="step-body"), id=id, classes=classes)
+        self._key: tuple | None = None
+
+    def show(
+        self,
+        step: StepView | None,
+        dependents: Sequence[str],
+        now: float,
+        *,
+        members: Sequence[str] = (),
+    ) -> None:
+        live = step is not None and (
+            step.status in ("running", "retrying") or (step.started_at and not step.ended_at)
+        )
+        key = (step, tuple(dependents), tuple(members), int(now) if live else None)
+        if key == self._key:
+            return
+        self._key = key
+        body = self.query_one("#step-body", Static)
+        if step is None and members:
+            body.update(
+                Group(
+                    Text(f"{len(members)} steps (collapsed; c expands)", style="bold"),
+                    plain(", ".join(members)),
+                )
+            )
+        elif step is None:
+            body.update(Text("select a step", style="dim"))
+        else:
+            body.update(step_renderable(step, dependents, now))
