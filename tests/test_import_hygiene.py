@@ -23,6 +23,14 @@ ENGINE_MODULES = [
     "engine.agents.python",
     "engine.agents.shell",
     "engine.agents.http",
+    "engine.api",
+    "engine.api_models",
+    "engine.control",
+    "engine.metrics",
+    "engine.openapi",
+    "engine.sse",
+    "engine.tokens",
+    "engine.workflows",
 ]
 FORBIDDEN = ("textual", "rich", "console", "widgets")
 

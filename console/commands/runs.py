@@ -11,11 +11,11 @@ from rich.table import Table
 
 from console import output
 from console.commands.common import open_store
-from engine import queries
+from engine import control, queries
 from engine.config import Settings
 from engine.errors import Conflict
 
-ENDED = ("succeeded", "failed", "cancelled")
+ENDED = control.ENDED_RUN
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -128,14 +128,8 @@ def cancel_run(store: Any, run_id: str, *, wait: float = 10.0) -> str:
     run_id = run["id"]
     if run["status"] in ENDED:
         raise Conflict(f"run {run_id} already ended ({run['status']})")
-    alive = run["owner"] and run["lease_until"] and run["lease_until"] > now
-    if alive:
-        store.run_sync(
-            lambda db: db.execute(
-                "INSERT INTO commands(created_at, run_id, kind) VALUES (?, ?, 'cancel_run')",
-                (now, run_id),
-            )
-        )
+    if control.lease_alive(run, now):
+        store.run_sync(lambda db: control.request_cancel(db, run_id, now))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             status = store.query("SELECT status FROM runs WHERE id=?", [run_id])[0]["status"]
@@ -145,38 +139,7 @@ def cancel_run(store: Any, run_id: str, *, wait: float = 10.0) -> str:
         raise Conflict(
             f"run {run_id}: the engine owning it did not confirm the cancel in {wait:g} s"
         )
-
-    def cancel(db: Any) -> int:
-        t = time.time()
-        n = db.execute(
-            "UPDATE runs SET status='cancelled', ended_at=?, error='cancelled by operator', "
-            "owner=NULL, lease_until=NULL WHERE id=? AND status NOT IN "
-            "('succeeded','failed','cancelled') AND (lease_until IS NULL OR lease_until < ?)",
-            (t, run_id, t),
-        ).rowcount
-        if n:
-            steps = [
-                r[0]
-                for r in db.execute(
-                    "SELECT step_id FROM steps WHERE run_id=? AND status NOT IN "
-                    "('succeeded','failed','skipped','cancelled','rejected')",
-                    [run_id],
-                )
-            ]
-            db.execute(
-                "UPDATE steps SET status='cancelled', ended_at=?, error='cancelled by operator', "
-                "error_class='cancelled' WHERE run_id=? AND status NOT IN "
-                "('succeeded','failed','skipped','cancelled','rejected')",
-                (t, run_id),
-            )
-            db.conn.executemany(
-                "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?,?,?,?,'{}')",
-                [(t, run_id, s, "step.cancelled") for s in steps]
-                + [(t, run_id, None, "run.cancelled")],
-            )
-        return n
-
-    if store.run_sync(cancel) != 1:
+    if store.run_sync(lambda db: control.cancel_abandoned(db, run_id, time.time())) != 1:
         raise Conflict(f"run {run_id} changed while cancelling; try again")
     return "cancelled"
 

@@ -1,0 +1,223 @@
+"""Request and response bodies of the HTTP API (engine/api.py).
+
+These pydantic models are the contract: handlers validate requests with them, serialise
+responses through them, and `GET /api/openapi.json` is generated from them. Request models
+forbid unknown fields, so a typo is a 422 naming the field instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RUN_ID_PATTERN = r"^[0-9a-f]{1,64}$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorBody(_Response):
+    """Every error response (4xx and 5xx)."""
+
+    error: str
+    """Short machine-readable kind: bad_request, unauthorized, not_found, conflict,
+    payload_too_large, unprocessable, method_not_allowed, unavailable, internal."""
+    detail: str
+    """One line for a human: what was wrong and where (`body.inputs.pr: ...`)."""
+    problems: list[str] = Field(default_factory=list)
+    """Every problem, one line each, when there is more than one (422)."""
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class RunsQuery(_Request):
+    """Query of `GET /api/runs`."""
+
+    status: str | None = Field(default=None, max_length=32)
+    """Only runs with this status (pending, running, succeeded, failed, cancelled, interrupted)."""
+    limit: int = Field(default=50, ge=1, le=1000)
+    """At most this many runs, newest first."""
+
+
+class RunSummary(_Response):
+    """One run as listed by `GET /api/runs`."""
+
+    id: str
+    """Run id (hex)."""
+    workflow: str
+    """Name of the workflow."""
+    status: str
+    """pending, running, succeeded, failed, cancelled or interrupted."""
+    created_at: float
+    """Unix time the run was created."""
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    """Why the run failed or was cancelled."""
+    steps_total: int
+    steps_done: int
+    """Steps that ended (succeeded, failed, skipped, cancelled, rejected)."""
+
+
+class RunList(_Response):
+    """Response of `GET /api/runs`."""
+
+    runs: list[RunSummary]
+
+
+class Attempt(_Response):
+    """One attempt of a step."""
+
+    number: int
+    status: str
+    started_at: float
+    ended_at: float | None = None
+    duration_ms: float | None = None
+    error_class: str | None = None
+    error: str | None = None
+    next_retry_at: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Step(_Response):
+    """One step of a run with its attempts."""
+
+    step_id: str
+    agent: str | None = None
+    kind: str | None = None
+    status: str
+    priority: int = 0
+    depth: int = 0
+    needs: list[str] = Field(default_factory=list)
+    destructive: bool = False
+    attempt: int = 0
+    """Number of the latest attempt (0: not started)."""
+    max_attempts: int = 1
+    started_at: float | None = None
+    ended_at: float | None = None
+    duration_ms: float | None = None
+    output: Any = None
+    """The JSON the agent returned (shell: `{stdout, stderr, exit_code}`)."""
+    error: str | None = None
+    error_class: str | None = None
+    next_retry_at: float | None = None
+    operation: str | None = None
+    """What the step does, e.g. `POST /issues`."""
+    attempts: list[Attempt] = Field(default_factory=list)
+
+
+class RunDetail(RunSummary):
+    """Response of `GET /api/runs/{id}`: the run with its steps and attempts."""
+
+    steps_done: int = 0
+    source: str | None = None
+    """Workflow file the run came from."""
+    inputs: Any = None
+    """Inputs of the run."""
+    owner: str | None = None
+    """Engine holding the run's lease (while it runs)."""
+    lease_until: float | None = None
+    steps: list[Step] = Field(default_factory=list)
+
+
+class StartRun(_Request):
+    """Body of `POST /api/runs`."""
+
+    workflow: str = Field(min_length=1, max_length=200)
+    """Name of a workflow in the server's `--workflows` directory."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """Workflow inputs, already of their declared JSON types."""
+
+
+class RunStarted(_Response):
+    """Response of `POST /api/runs` (201)."""
+
+    id: str
+    workflow: str
+    status: str
+    url: str
+    """Where to read the run: `/api/runs/{id}`."""
+
+
+class RunCancelled(_Response):
+    """Response of `POST /api/runs/{id}/cancel`: `cancelled` once the run ended (200),
+    `cancelling` when the engine owning it has not confirmed yet (202)."""
+
+    id: str
+    status: str
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+class WorkflowInput(_Response):
+    """One declared input of a workflow."""
+
+    type: str
+    required: bool = False
+    default: Any = None
+    description: str = ""
+
+
+class WorkflowInfo(_Response):
+    """A workflow file of the `--workflows` directory."""
+
+    name: str
+    """Name to give `POST /api/runs` (the file's `name:`; the file name for a broken file)."""
+    file: str
+    description: str = ""
+    inputs: dict[str, WorkflowInput] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+    """Why the file cannot be started (empty when it is valid)."""
+
+
+class WorkflowList(_Response):
+    """Response of `GET /api/workflows`."""
+
+    workflows: list[WorkflowInfo]
+
+
+# --------------------------------------------------------------------------- events
+
+
+class EventsQuery(_Request):
+    """Query of `GET /api/events`. The `Last-Event-ID` header wins over `after`."""
+
+    after: int | None = Field(default=None, ge=0)
+    """Send events with a larger id first (0: the whole log). Without it (and without
+    `Last-Event-ID`) the stream starts at the newest event."""
+    run_id: str | None = Field(default=None, pattern=RUN_ID_PATTERN)
+    """Only events of this run."""
+
+
+class EventOut(_Response):
+    """The `data:` of each SSE message (its `id:` is the event id)."""
+
+    id: int
+    ts: float
+    kind: str
+    """run.created, run.started, step.running, step.retrying, step.succeeded, ..."""
+    run_id: str | None = None
+    step_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(_Response):
+    """Response of `GET /api/health`."""
+
+    ok: bool
+    version: str
+    events_last_id: int
+    """Newest event id the server has seen."""
+    sse_clients: int
