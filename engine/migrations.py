@@ -194,8 +194,132 @@ def _core(conn: sqlite3.Connection) -> None:
     )
 
 
+# Analytics rollup (0002): sums of finished attempts per hour ('h'), per day ('d') and in total
+# ('t', bucket 0), plus calls per hour, kept exact by triggers so that `engine/analytics.py`
+# never scans every attempt. Key columns use '' for NULL (a NULL in a primary key would never
+# conflict). Attempts still `running` are not counted.
+_ROLLUP_CHANGED = " OR ".join(
+    f"OLD.{c} IS NOT NEW.{c}"
+    for c in (
+        "status", "started_at", "agent", "operation", "error_class", "duration_ms",
+        "prompt_tokens", "completion_tokens",
+    )
+) + " OR (OLD.number > 1) IS NOT (NEW.number > 1)"  # fmt: skip
+
+
+def _rollup_apply(row: str, sign: str) -> str:
+    """Trigger body adding (`+`) or removing (`-`) one attempt row's share of the rollups."""
+    hour = f"CAST({row}.started_at / 3600 AS INTEGER)"
+    key = (
+        f"coalesce({row}.agent, ''), coalesce({row}.operation, ''), {row}.status, "
+        f"coalesce({row}.error_class, ''), {row}.number > 1"
+    )
+    values = (
+        f"{sign}1, {sign}({row}.duration_ms IS NOT NULL), {sign}coalesce({row}.duration_ms, 0), "
+        f"{sign}coalesce({row}.prompt_tokens, 0), {sign}coalesce({row}.completion_tokens, 0)"
+    )
+    upsert = (
+        "ON CONFLICT DO UPDATE SET n = n + excluded.n, timed = timed + excluded.timed, "
+        "sum_ms = sum_ms + excluded.sum_ms, prompt_tokens = prompt_tokens + "
+        "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens"
+    )
+    calls = f"({row}.status IN ('succeeded', 'failed'))"
+    failed = f"({row}.status = 'failed')"
+    body = [
+        f"INSERT INTO attempt_rollup VALUES ('h', {hour}, {key}, {values}) {upsert}",
+        f"INSERT INTO attempt_rollup VALUES ('d', {hour} / 24, {key}, {values}) {upsert}",
+        f"INSERT INTO attempt_rollup VALUES ('t', 0, {key}, {values}) {upsert}",
+        f"INSERT INTO attempt_hours VALUES ({hour}, {sign}{calls}, {sign}{failed}) "
+        "ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, failed = failed + excluded.failed",
+    ]
+    if sign == "-":
+        match = (
+            f"agent = coalesce({row}.agent, '') AND operation = coalesce({row}.operation, '') "
+            f"AND status = {row}.status AND error_class = coalesce({row}.error_class, '') "
+            f"AND retry = ({row}.number > 1) AND n = 0"
+        )
+        body += [
+            f"DELETE FROM attempt_rollup WHERE grain = 'h' AND bucket = {hour} AND {match}",
+            f"DELETE FROM attempt_rollup WHERE grain = 'd' AND bucket = {hour} / 24 AND {match}",
+            f"DELETE FROM attempt_rollup WHERE grain = 't' AND bucket = 0 AND {match}",
+            f"DELETE FROM attempt_hours WHERE hour = {hour} AND calls = 0 AND failed = 0",
+        ]
+    return "BEGIN " + "; ".join(body) + "; END"
+
+
+def _analytics(conn: sqlite3.Connection) -> None:
+    _script(
+        conn,
+        """
+        CREATE TABLE attempt_rollup (
+            grain TEXT NOT NULL,
+            bucket INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error_class TEXT NOT NULL,
+            retry INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            timed INTEGER NOT NULL,
+            sum_ms REAL NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            PRIMARY KEY (grain, bucket, agent, operation, status, error_class, retry)
+        ) WITHOUT ROWID;
+        CREATE TABLE attempt_hours (
+            hour INTEGER PRIMARY KEY,
+            calls INTEGER NOT NULL,
+            failed INTEGER NOT NULL
+        );
+        CREATE INDEX attempts_latency ON attempts(agent, duration_ms, started_at)
+            WHERE status IN ('succeeded', 'failed') AND duration_ms IS NOT NULL;
+        CREATE INDEX attempts_failed ON attempts(started_at, id, error_class, error, agent)
+            WHERE status = 'failed';
+        CREATE INDEX steps_ended ON steps(ended_at);
+        CREATE INDEX runs_created_status ON runs(created_at, status);
+        CREATE INDEX routes_run ON routes(run_id);
+        CREATE INDEX commands_run ON commands(run_id);
+
+        INSERT INTO attempt_rollup
+        SELECT 'h', CAST(started_at / 3600 AS INTEGER), coalesce(agent, ''),
+               coalesce(operation, ''), status, coalesce(error_class, ''), number > 1,
+               count(*), count(duration_ms), total(duration_ms),
+               total(prompt_tokens), total(completion_tokens)
+        FROM attempts WHERE status <> 'running' GROUP BY 2, 3, 4, 5, 6, 7;
+        INSERT INTO attempt_rollup
+        SELECT 'd', bucket / 24, agent, operation, status, error_class, retry,
+               sum(n), sum(timed), sum(sum_ms), sum(prompt_tokens), sum(completion_tokens)
+        FROM attempt_rollup WHERE grain = 'h' GROUP BY 2, 3, 4, 5, 6, 7;
+        INSERT INTO attempt_rollup
+        SELECT 't', 0, agent, operation, status, error_class, retry,
+               sum(n), sum(timed), sum(sum_ms), sum(prompt_tokens), sum(completion_tokens)
+        FROM attempt_rollup WHERE grain = 'd' GROUP BY 3, 4, 5, 6, 7;
+        INSERT INTO attempt_hours
+        SELECT bucket, sum(n * (status IN ('succeeded', 'failed'))), sum(n * (status = 'failed'))
+        FROM attempt_rollup WHERE grain = 'h' GROUP BY 1
+        """,
+    )
+    conn.execute(
+        "CREATE TRIGGER attempts_rollup_insert AFTER INSERT ON attempts "
+        f"WHEN NEW.status <> 'running' {_rollup_apply('NEW', '+')}"
+    )
+    conn.execute(
+        "CREATE TRIGGER attempts_rollup_delete AFTER DELETE ON attempts "
+        f"WHEN OLD.status <> 'running' {_rollup_apply('OLD', '-')}"
+    )
+    conn.execute(
+        "CREATE TRIGGER attempts_rollup_update_old AFTER UPDATE ON attempts "
+        f"WHEN OLD.status <> 'running' AND ({_ROLLUP_CHANGED}) {_rollup_apply('OLD', '-')}"
+    )
+    conn.execute(
+        "CREATE TRIGGER attempts_rollup_update_new AFTER UPDATE ON attempts "
+        f"WHEN NEW.status <> 'running' AND ({_ROLLUP_CHANGED}) {_rollup_apply('NEW', '+')}"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_core", _core),
+    ("0002_analytics", _analytics),
 ]
 """Every migration in order. Append only."""
 
