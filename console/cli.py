@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "console.commands.workflows",
     "console.commands.runs",
     "console.commands.stats",
+    "console.commands.undo",
 ]
 """Modules that add subcommands, in help order."""
 

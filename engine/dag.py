@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from engine.expressions import EXPR_RE, ExpressionError, parse
-from engine.models import NAME_RE, WorkflowSpec
+from engine.models import NAME_RE, AgentSpec, StepSpec, WorkflowSpec
 
 Path = tuple[str | int, ...]
 """A field path inside the workflow document, e.g. `("steps", "ticket", "needs", 0)`."""
@@ -348,7 +348,7 @@ def _check_expressions(
                 yield p, f"bad expression {_short(m.group(0))}: {reason}"
                 continue
             if ref.root not in roots:
-                yield p, f"{m.group(0)}: '{ref.root}' is only available in `undo`"
+                yield p, f"{m.group(0)}: '{ref.root}' is only available in {UNDO_ONLY}"
             elif ref.root == "inputs":
                 if ref.parts[0] not in spec.inputs:
                     yield p, f"{m.group(0)}: " + _unknown("input", ref.parts[0], spec.inputs)
@@ -364,6 +364,11 @@ def _check_expressions(
                         f"{m.group(0)}: step '{target}' is not in the needs of '{sid}' "
                         f"(directly or transitively); add it to needs",
                     )
+
+
+UNDO_ONLY = "`undo.with` and `undo.description`"
+"""Where the roots `output` (the action's output) and `before` (the captured state) exist."""
+UNDO_ROOTS = frozenset({"inputs", "steps", "output", "before"})
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -394,6 +399,56 @@ def _params_problems(kind: str, params: dict[str, Any], path: Path) -> list[Prob
             sub = sub[1:]
         out.append(((*path, *sub), message))
     return out
+
+
+def _undo_problems(
+    spec: WorkflowSpec,
+    sid: str,
+    step: StepSpec,
+    agent: AgentSpec | None,
+    ups: _Upstream,
+    kinds: list[str],
+) -> Iterator[Problem]:
+    """`undo:` of one step: where it may appear, its agents, parameters and expressions."""
+    undo = step.undo
+    assert undo is not None
+    base: Path = ("steps", sid, "undo")
+    if not step.destructive:
+        yield base, "undo is only for destructive steps; add `destructive: true`"
+    undo_agent = agent
+    if undo.agent is not None:
+        undo_agent = spec.agents.get(undo.agent)
+        if undo_agent is None:
+            yield (*base, "agent"), _unknown("agent", undo.agent, spec.agents)
+    if undo.handler is not None:
+        if undo.with_ is not None:
+            yield (*base, "handler"), "give either `with` (a compensating action) or `handler`"
+        if undo_agent is not None and undo_agent.kind != "python":
+            yield (
+                (*base, "handler"),
+                f"undo handlers are for python agents; agent "
+                f"'{undo.agent or step.agent}' is {undo_agent.kind}: use `with`",
+            )
+    if undo.with_ is not None:
+        yield from _check_expressions(
+            spec, sid, undo.with_, (*base, "with"), ups, roots=UNDO_ROOTS, self_ok=True
+        )
+        if undo_agent is not None and undo_agent.kind in kinds:
+            yield from _params_problems(undo_agent.kind, undo.with_, (*base, "with"))
+    if undo.description is not None:
+        yield from _check_expressions(
+            spec, sid, undo.description, (*base, "description"), ups, roots=UNDO_ROOTS, self_ok=True
+        )
+    if undo.capture is not None:
+        cap = undo.capture
+        cap_agent = agent
+        if cap.agent is not None:
+            cap_agent = spec.agents.get(cap.agent)
+            if cap_agent is None:
+                yield (*base, "capture", "agent"), _unknown("agent", cap.agent, spec.agents)
+        yield from _check_expressions(spec, sid, cap.with_, (*base, "capture", "with"), ups)
+        if cap_agent is not None and cap_agent.kind in kinds:
+            yield from _params_problems(cap_agent.kind, cap.with_, (*base, "capture", "with"))
 
 
 def validate(spec: WorkflowSpec) -> list[Problem]:
@@ -452,41 +507,7 @@ def validate(spec: WorkflowSpec) -> list[Problem]:
             )
 
         if step.undo is not None:
-            undo = step.undo
-            if not step.destructive:
-                problems.append(
-                    ((*base, "undo"), "undo is only for destructive steps; add `destructive: true`")
-                )
-            if undo.agent is not None and undo.agent not in spec.agents:
-                problems.append(
-                    ((*base, "undo", "agent"), _unknown("agent", undo.agent, spec.agents))
-                )
-            if undo.with_ is not None:
-                problems.extend(
-                    _check_expressions(
-                        spec,
-                        sid,
-                        undo.with_,
-                        (*base, "undo", "with"),
-                        ups,
-                        roots=frozenset({"inputs", "steps", "output", "before"}),
-                        self_ok=True,
-                    )
-                )
-            if undo.capture is not None:
-                cap = undo.capture
-                if cap.agent is not None and cap.agent not in spec.agents:
-                    problems.append(
-                        (
-                            (*base, "undo", "capture", "agent"),
-                            _unknown("agent", cap.agent, spec.agents),
-                        )
-                    )
-                problems.extend(
-                    _check_expressions(
-                        spec, sid, cap.with_, (*base, "undo", "capture", "with"), ups
-                    )
-                )
+            problems.extend(_undo_problems(spec, sid, step, agent, ups, kinds))
 
         if step.route is not None:
             for i, cand in enumerate(step.route.candidates):

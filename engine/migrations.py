@@ -317,9 +317,28 @@ def _analytics(conn: sqlite3.Connection) -> None:
     )
 
 
+def _undo_entries(conn: sqlite3.Connection) -> None:
+    """What the undo log needs beyond 0001: the action's parameters, the window length, who
+    holds an entry while it is being undone (and until when), and the undo's attempt count."""
+    _script(
+        conn,
+        """
+        ALTER TABLE undo_log ADD COLUMN params TEXT;
+        ALTER TABLE undo_log ADD COLUMN ttl REAL;
+        ALTER TABLE undo_log ADD COLUMN updated_at REAL;
+        ALTER TABLE undo_log ADD COLUMN holder TEXT;
+        ALTER TABLE undo_log ADD COLUMN lease_until REAL;
+        ALTER TABLE undo_log ADD COLUMN undo_attempts INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX undo_step ON undo_log(run_id, step_id, status);
+        CREATE INDEX undo_expires ON undo_log(expires_at)
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_core", _core),
     ("0002_analytics", _analytics),
+    ("0003_undo_entries", _undo_entries),
 ]
 """Every migration in order. Append only."""
 

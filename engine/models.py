@@ -355,3 +355,91 @@ def check_step_transition(old: StepStatus, new: StepStatus) -> None:
 def check_run_transition(old: RunStatus, new: RunStatus) -> None:
     if new not in RUN_TRANSITIONS[old]:
         raise IllegalTransition(f"run cannot go from {old} to {new}")
+
+
+# --------------------------------------------------------------------------- undo log
+
+
+class UndoStatus(StrEnum):
+    """Status of an undo-log entry (`undo_log.status`), see engine/undo/."""
+
+    PREPARED = "prepared"
+    """Written before the destructive action started; the action is running, or the process
+    stopped before recording how it ended (then `flowdeck undo` re-checks it)."""
+    DONE = "done"
+    """The action succeeded: undoable until `expires_at`."""
+    VOID = "void"
+    """The action failed: nothing to undo."""
+    NOT_UNDOABLE = "not_undoable"
+    """A destructive step without `undo:` (or whose undo parameters could not be built)."""
+    UNDOING = "undoing"
+    """The compensation is running."""
+    UNDONE = "undone"
+    """The compensation succeeded. Final."""
+    FAILED = "failed"
+    """The compensation failed; `flowdeck undo ID --retry` may try again."""
+
+
+_U = UndoStatus
+UNDO_TRANSITIONS: dict[UndoStatus, frozenset[UndoStatus]] = {
+    _U.PREPARED: frozenset({_U.PREPARED, _U.DONE, _U.VOID, _U.NOT_UNDOABLE, _U.UNDOING}),
+    _U.DONE: frozenset({_U.UNDOING}),
+    _U.UNDOING: frozenset({_U.UNDONE, _U.FAILED}),
+    _U.FAILED: frozenset({_U.UNDOING}),
+    _U.VOID: frozenset(),
+    _U.NOT_UNDOABLE: frozenset(),
+    _U.UNDONE: frozenset(),
+}
+"""Allowed undo-log transitions. `prepared -> prepared` is a resumed run taking over the entry
+of its crashed predecessor; `prepared -> undoing` is an undo after a crash once a re-read showed
+that the action happened; `failed -> undoing` is an explicit retry."""
+
+
+def check_undo_transition(old: UndoStatus, new: UndoStatus) -> None:
+    if new not in UNDO_TRANSITIONS[old]:
+        raise IllegalTransition(f"undo entry cannot go from {old} to {new}")
+
+
+class UndoEntry(BaseModel):
+    """One row of the undo log as the CLI, the console and the HTTP API show it."""
+
+    id: int
+    """Entry id (`flowdeck undo ID`)."""
+    run_id: str
+    step_id: str
+    workflow: str | None = None
+    """Workflow name of the run."""
+    agent: str | None = None
+    """Agent of the destructive action."""
+    operation: str | None = None
+    """Short name of the action, e.g. `DELETE /tracker/issues/*`."""
+    params: Any = None
+    """The action's rendered `with`."""
+    description: str | None = None
+    """What undoing does, in words (the undo's `description`, rendered)."""
+    before: Any = None
+    """Output of the `capture:` read taken before the action, if any."""
+    undo: dict[str, Any] | None = None
+    """How to undo: `agent`, rendered `with` or `handler`, rendered `capture` parameters."""
+    output: Any = None
+    """Output of the action."""
+    created_at: float
+    updated_at: float | None = None
+    expires_at: float | None = None
+    """End of the undo window."""
+    status: UndoStatus
+    """Stored status."""
+    state: str
+    """What the entry is now: the status, or `expired` for a `done`/`failed` entry past its
+    window."""
+    seconds_left: float | None = None
+    """Seconds left in the undo window (None when no longer undoable)."""
+    undone_at: float | None = None
+    undone_by: str | None = None
+    """Who ran the last undo (`--as`)."""
+    undo_attempts: int = 0
+    """Attempts the compensation has made so far (rows `STEP.undo` in `attempts`)."""
+    result: Any = None
+    """Output of the compensation."""
+    error: str | None = None
+    """Why the action or its undo failed, or why the entry is not undoable / uncertain."""

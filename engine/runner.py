@@ -611,6 +611,12 @@ class Engine:
         self.runs: dict[str, RunExecution] = {}
         self.hooks: list[StepHook] = []
         """Step hooks, in the order their `before` runs."""
+        from engine.undo.hook import UndoHook
+
+        self.undo = UndoHook(self)
+        """The undo log of destructive steps and the undo API (`await engine.undo.undo(ID)`);
+        keep it the last hook, nearest the action."""
+        self.hooks.append(self.undo)
         self._ready: list = []
         self._seq = itertools.count()
         self._active = 0

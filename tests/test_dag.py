@@ -232,7 +232,7 @@ def test_validate_undo_may_use_output_before_and_itself():
     assert dag.validate(spec) == [
         (
             ("steps", "b", "undo", "capture", "with", "run"),
-            "${{ output.x }}: 'output' is only available in `undo`",
+            "${{ output.x }}: 'output' is only available in `undo.with` and `undo.description`",
         )
     ]
 

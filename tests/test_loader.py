@@ -353,7 +353,7 @@ def test_expression_problems():
         "wf.yaml:11:52: steps.b.with.body.n: bad expression ${{ 1 + 2 }}: '1 + 2' is not a reference like inputs.NAME or steps.ID.output.PATH",
         "wf.yaml:12:20: steps.b.with.list[1]: ${{ steps.nope.output }}: unknown step 'nope' (known: a, b, c)",
         "wf.yaml:12:48: steps.b.with.list[2]: ${{ steps.b.output }}: a step cannot use its own output",
-        "wf.yaml:12:73: steps.b.with.list[3]: ${{ output.x }}: 'output' is only available in `undo`",
+        "wf.yaml:12:73: steps.b.with.list[3]: ${{ output.x }}: 'output' is only available in `undo.with` and `undo.description`",
         "wf.yaml:13:7: steps.b.with.open: unclosed expression in '${{ inputs.pr': write ${{ ... }}",
     ]
 

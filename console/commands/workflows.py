@@ -97,6 +97,7 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
     from engine.runner import Engine
 
     engine = Engine(store, max_concurrency=settings.max_concurrency)
+    engine.undo.history_cap = settings.history_cap
     await engine.start()
     try:
         if "resume" in how:
