@@ -406,7 +406,9 @@ class UndoEntry(BaseModel):
     id: int
     """Entry id (`flowdeck undo ID`)."""
     run_id: str
+    """The run whose step acted."""
     step_id: str
+    """The destructive step."""
     workflow: str | None = None
     """Workflow name of the run."""
     agent: str | None = None
@@ -424,7 +426,9 @@ class UndoEntry(BaseModel):
     output: Any = None
     """Output of the action."""
     created_at: float
+    """When the entry was written (before the action started)."""
     updated_at: float | None = None
+    """Last status change."""
     expires_at: float | None = None
     """End of the undo window."""
     status: UndoStatus
@@ -435,6 +439,7 @@ class UndoEntry(BaseModel):
     seconds_left: float | None = None
     """Seconds left in the undo window (None when no longer undoable)."""
     undone_at: float | None = None
+    """When the compensation succeeded."""
     undone_by: str | None = None
     """Who ran the last undo (`--as`)."""
     undo_attempts: int = 0

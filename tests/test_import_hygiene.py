@@ -31,6 +31,8 @@ ENGINE_MODULES = [
     "engine.sse",
     "engine.tokens",
     "engine.workflows",
+    "engine.undo",
+    "engine.undo.hook",
 ]
 FORBIDDEN = ("textual", "rich", "console", "widgets")
 

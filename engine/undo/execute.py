@@ -63,18 +63,21 @@ class UndoResult:
     """What happened to one entry."""
 
     entry_id: int
+    """The undo entry."""
     run_id: str
     step_id: str
     outcome: str
     """`undone`, `failed` (the compensation ran and failed), `void` (re-check: the action
     never happened), `skipped` (nothing to do: already undone or void) or `refused`."""
     message: str
+    """One line for a human: what was done, or why not."""
     entry: UndoEntry | None = None
     """The entry afterwards."""
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("undone", "skipped")
+        """Nothing is left to do for this entry (exit 0)."""
+        return self.outcome in ("undone", "skipped", "void")
 
     def to_dict(self) -> dict[str, Any]:
         return {

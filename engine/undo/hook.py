@@ -39,6 +39,8 @@ UNCERTAIN = frozenset({ErrorClass.TIMEOUT, ErrorClass.CONNECTION, ErrorClass.CAN
 
 _P = UndoStatus.PREPARED
 NOT_STARTED = " (the action was not started)"
+NOT_UNDOABLE_KEPT = 3600.0
+"""Seconds a `not_undoable` entry counts as recent (after that the history cap may prune it)."""
 
 
 @dataclass(slots=True)
@@ -160,7 +162,10 @@ class UndoHook(StepHook):
             capture_params = _render(
                 undo.capture.with_, run.scope, "undo.capture.with", NOT_STARTED
             )
-            target = agent_target(run.spec, capture_agent, capture_params, engine.resources)
+            try:
+                target = agent_target(run.spec, capture_agent, capture_params, engine.resources)
+            except KeyError as e:
+                raise StepError(f"undo.capture.agent: {e.args[0]}", ErrorClass.VALIDATION) from None
             try:
                 before = await run_target(
                     engine.store,
@@ -258,7 +263,7 @@ class UndoHook(StepHook):
                 "output": entries.dumps(output),
                 "created_at": now,
                 "updated_at": now,
-                "expires_at": now + 3600,
+                "expires_at": now + NOT_UNDOABLE_KEPT,
                 "status": UndoStatus.NOT_UNDOABLE.value,
                 "error": "the step is destructive but declares no `undo:`",
             }
@@ -281,9 +286,7 @@ class UndoHook(StepHook):
             "before": opened.before,
         }
         error = None
-        if record.get("needs_output") or (
-            opened.adopted and record.get("with") is None and not record.get("handler")
-        ):
+        if record.get("needs_output"):
             try:
                 record["with"] = _render(undo.with_, scope, "undo.with")
                 record.pop("needs_output", None)
