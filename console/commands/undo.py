@@ -110,6 +110,8 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         note = e.description or ""
         if e.error and e.state in ("prepared", "failed", "void", "not_undoable"):
             note = f"{note} [{e.error}]" if note else e.error
+        elif e.state == "undone":
+            note = f"{note} [undone by {e.undone_by}]"
         table.add_row(
             str(e.id),
             output.ts(e.created_at),

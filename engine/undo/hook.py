@@ -259,7 +259,6 @@ class UndoHook(StepHook):
                 "step_id": st.id,
                 "agent": st.spec.agent,
                 "operation": st.operation,
-                "description": f"{st.id}: {st.operation or 'action'} (declares no undo)",
                 "output": entries.dumps(output),
                 "created_at": now,
                 "updated_at": now,
