@@ -83,12 +83,20 @@ class Operator:
     # ------------------------------------------------------------------ undo
 
     async def undo(self, entry_id: int) -> str:
-        """Undo one entry of the undo log; returns a one-line result."""
-        from engine import undo as undo_module  # lands with the undo log
+        """Undo one entry of the undo log; returns a one-line result.
 
-        fn = getattr(undo_module, "undo_entry", None) or undo_module.undo
-        result = await fn(self.store, entry_id, by=self.reviewer)
-        return str(getattr(result, "summary", None) or result)
+        Raises Conflict when the undo is refused or its compensation failed (the message says
+        why), NotFound for an unknown id.
+        """
+        from engine.undo import undo_entry
+
+        if self.engine is not None:
+            result = await self.engine.undo.undo(entry_id, actor=self.reviewer)
+        else:
+            result = await undo_entry(self.store, entry_id, actor=self.reviewer, clock=self.clock)
+        if not result.ok:
+            raise Conflict(result.message)
+        return result.message
 
     # ------------------------------------------------------------------ commands
 

@@ -704,3 +704,20 @@ def test_validation_of_undo_fields():
         )
         == []
     )
+
+
+async def test_console_operator_undoes_through_the_engine_api(engine, service, store):
+    from console.operator import Operator
+
+    n = await new_issue(service, "from the console")
+    await engine.run(wf(service, {"delete": delete_issue_step()}), {"issue": n})
+    [entry] = await engine.undo.history()
+    for op in (Operator(store, engine=engine, reviewer="con"), Operator(store, reviewer="con")):
+        if entry.status == "done":
+            assert "undone" in await op.undo(entry.id)
+            entry = (await engine.undo.history())[0]
+            assert entry.undone_by == "con"
+        else:
+            with pytest.raises(Conflict, match="already undone"):
+                await op.undo(entry.id)
+    assert (await api(service, "GET", f"/tracker/issues/{n}"))[0] == 200
