@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "console.commands.runs",
     "console.commands.stats",
     "console.commands.undo",
+    "console.commands.console",
 ]
 """Modules that add subcommands, in help order."""
 

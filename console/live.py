@@ -85,10 +85,14 @@ class LiveFeed:
     def request(self) -> SnapshotRequest:
         return self.reader.request
 
-    def update(self, **changes: Any) -> None:
-        """Change what the snapshots hold and read at once."""
-        self.reader.request = dataclasses.replace(self.reader.request, **changes)
-        self.wake()
+    def update(self, *, urgent: bool = True, **changes: Any) -> None:
+        """Change what the snapshots hold; read at once (`urgent`) or at the next turn."""
+        request = dataclasses.replace(self.reader.request, **changes)
+        if request == self.reader.request:
+            return
+        self.reader.request = request
+        if urgent:
+            self.wake()
 
     def wake(self, *, urgent: bool = True) -> None:
         """Poll now instead of at the next turn. `urgent` (an operator action or a move to

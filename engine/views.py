@@ -449,13 +449,17 @@ def recent_events(db: sqlite_utils.Database, *, limit: int = 200) -> list[EventR
     return [_event_row(r) for r in reversed(rows)]
 
 
-def events_after(db: sqlite_utils.Database, after_id: int, *, limit: int = 2000) -> list[EventRow]:
-    """Events with id > `after_id`, oldest first."""
-    rows = db.query(
-        "SELECT id, ts, run_id, step_id, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-        [after_id, limit],
+def events_after(db: sqlite_utils.Database, after_id: int, *, limit: int = 200) -> list[EventRow]:
+    """The newest `limit` events with id > `after_id`, oldest first (a tail: when more came,
+    the older ones are skipped)."""
+    rows = list(
+        db.query(
+            "SELECT id, ts, run_id, step_id, kind, data FROM events WHERE id > ? "
+            "ORDER BY id DESC LIMIT ?",
+            [after_id, limit],
+        )
     )
-    return [_event_row(r) for r in rows]
+    return [_event_row(r) for r in reversed(rows)]
 
 
 def _spec_parts(spec_json: str | None) -> tuple[str, dict[str, tuple[str, Any]]]:
@@ -640,7 +644,7 @@ class SnapshotReader:
         if self._last_event == 0:
             self.events.extend(recent_events(db, limit=self.events.maxlen or 200))
         else:
-            self.events.extend(events_after(db, self._last_event, limit=5000))
+            self.events.extend(events_after(db, self._last_event, limit=self.events.maxlen or 200))
         if self.events:
             self._last_event = self.events[-1].id
         if self.analytics_fn is not None and now - self._analytics_at >= self.analytics_every:

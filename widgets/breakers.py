@@ -29,14 +29,17 @@ class BreakerList(Static):
     def __init__(self, *, id: str | None = None, classes: str | None = None):
         super().__init__("", id=id, classes=classes)
         self._shown: tuple | None = None
+        self._count = -1
 
     def show(self, breakers: Sequence[BreakerRow], now: float) -> None:
         key = (tuple(breakers), int(now))
         if key == self._shown:
             return
         self._shown = key
+        layout = len(breakers) != self._count
+        self._count = len(breakers)
         if not breakers:
-            self.update(Text("✓ all circuit breakers closed", style="green"))
+            self.update(Text("✓ all circuit breakers closed", style="green"), layout=layout)
             return
         text = Text(no_wrap=True, overflow="ellipsis")
         for i, b in enumerate(breakers):
@@ -50,4 +53,4 @@ class BreakerList(Static):
             if b.detail:
                 text.append("  ")
                 text.append_text(plain(b.detail, single_line=True, limit=60))
-        self.update(text)
+        self.update(text, layout=layout)

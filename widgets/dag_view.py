@@ -123,6 +123,10 @@ class DagView(ScrollView, can_focus=True):
         self._lay: Layout | None = None
         self._strips: list[Strip] = []
         self._run_id: str | None = None
+        self._dirty = False
+        self._labels_now: dict[str, tuple[str, str]] = {}
+        self._edges_key: tuple | None = None
+        self._edges_cache: dict[tuple[int, int], tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ data in
 
@@ -228,22 +232,32 @@ class DagView(ScrollView, can_focus=True):
             )
             self.set_reactive(DagView.selected, active)
             self._announce()
-        self._paint(labels)
+        self._labels_now = labels
+        self._dirty = True
         self.virtual_size = Size(self._lay.width, self._lay.height)
         self.refresh()
 
     def _style(self, name: str) -> Style:
         return self.get_component_rich_style(f"dag--{name}")
 
+    def _edges(self) -> dict[tuple[int, int], tuple[str, str]]:
+        key = (id(self._lay), self.selected)
+        if self._edges_key != key:
+            assert self._lay is not None
+            self._edges_cache = draw(self._lay, self.selected)
+            self._edges_key = key
+        return self._edges_cache
+
     def _paint(self, labels: dict[str, tuple[str, str]]) -> None:
         lay = self._lay
         assert lay is not None
+        self._dirty = False
         base = self.rich_style
         width, height = lay.width, lay.height
         chars = [[" "] * width for _ in range(height)]
         styles: list[list[Style | None]] = [[None] * width for _ in range(height)]
         edge_styles = {name: self._style(name) for name in ("edge", "edge-in", "edge-out")}
-        for (x, y), (ch, role) in draw(lay, self.selected).items():
+        for (x, y), (ch, role) in self._edges().items():
             if 0 <= x < width and 0 <= y < height:
                 chars[y][x] = ch
                 styles[y][x] = edge_styles[role]
@@ -304,6 +318,8 @@ class DagView(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ drawing
 
     def render_line(self, y: int) -> Strip:
+        if self._dirty and self._lay is not None:
+            self._paint(self._labels_now)
         scroll_x, scroll_y = self.scroll_offset
         row = y + scroll_y
         width = self.scrollable_content_region.width
@@ -313,14 +329,13 @@ class DagView(ScrollView, can_focus=True):
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
-        if self._step_views:
-            self._rebuild()
+        self._dirty = True  # repaint with the new styles at the next render
 
     # ------------------------------------------------------------------ selection
 
     def watch_selected(self, old: str | None, new: str | None) -> None:
         if self._lay is not None:
-            self._paint({k: self._labels(n) for k, n in self._graph.items()})
+            self._dirty = True
             self.refresh()
         self._scroll_to_selected()
         self._announce()

@@ -33,12 +33,15 @@ class HealthScore(Static):
         super().__init__("", id=id, classes=classes)
         self.report: Any = None
         """The HealthReport shown (None: not computed yet)."""
+        self._shown = False
 
     def show(self, report: Any) -> None:
-        if report == self.report and report is not None:
+        if report == self.report and self._shown:
             return
+        layout = not self._shown or (report is None) != (self.report is None)
+        self._shown = True
         self.report = report
-        self.update(self._render_report(report))
+        self.update(self._render_report(report), layout=layout)
         self.tooltip = self._tooltip_for(report)
 
     @staticmethod

@@ -29,13 +29,15 @@ class AgentRankings(LiveTable):
     }
     """
 
+    def __init__(self, *, id: str | None = None, classes: str | None = None):
+        super().__init__(id=id, classes=classes, cursor=False)
+
     def on_mount(self) -> None:
-        self.cursor_type = "none"
         self.add_column("#", key="rank")
-        self.add_column("agent", key="agent")
-        self.add_column("success", key="success")
-        self.add_column("calls", key="calls")
-        self.add_column("P95", key="p95")
+        self.add_column("agent", key="agent", max_width=20)
+        self.add_column("success", key="success", justify="right")
+        self.add_column("calls", key="calls", justify="right")
+        self.add_column("P95", key="p95", justify="right")
 
     def show(self, rankings: Sequence[Any]) -> None:
         if not rankings:

@@ -179,6 +179,8 @@ class ReviewPanel(Vertical):
         self._reviews: tuple[ReviewRow, ...] = ()
         self._decided: tuple[ReviewRow, ...] = ()
         self._now = 0.0
+        self._detail_key: tuple | None = None
+        self._decided_key: tuple | None = None
 
     def compose(self) -> ComposeResult:
         yield LiveTable(id="review-table")
@@ -236,6 +238,10 @@ class ReviewPanel(Vertical):
         self.table.set_rows(rows)
         self.border_subtitle = f"{len(self._reviews)} pending"
         self._show_detail()
+        decided_key = (self._decided[:5], int(now))
+        if decided_key == self._decided_key or self.has_class("-compact"):
+            return
+        self._decided_key = decided_key
         decided_widget = self.query_one("#review-decided", Static)
         if self._decided:
             decided_widget.update(
@@ -248,18 +254,24 @@ class ReviewPanel(Vertical):
             decided_widget.update(Text("no decisions yet", style="dim"))
 
     def _show_detail(self) -> None:
+        if self.has_class("-compact"):
+            return
         review = self.selected
+        key = (review, int(self._now))
+        if key == self._detail_key:
+            return
+        self._detail_key = key
         proposal_widget = self.query_one("#review-proposal", Static)
         if review is None:
             proposal_widget.update(Text("nothing waits for a review", style="dim"))
         else:
             proposal_widget.update(proposal(review, self._now))
 
-    def on_data_table_row_highlighted(self, event: LiveTable.RowHighlighted) -> None:
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
         event.stop()
         self._show_detail()
 
-    def on_data_table_row_selected(self, event: LiveTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
         self.action_detail()
 

@@ -27,6 +27,7 @@ class RunHeader(Static):
     def __init__(self, *, id: str | None = None, classes: str | None = None):
         super().__init__("", id=id, classes=classes)
         self._key: tuple | None = None
+        self._lines = 0
 
     def show(self, view: RunView | None, now: float, run_id: str) -> None:
         key = (view.run if view else None, int(now), run_id)
@@ -60,4 +61,6 @@ class RunHeader(Static):
             err = plain(run.error, single_line=True, limit=300)
             err.stylize("red")
             text.append_text(err)
-        self.update(text)
+        lines = 2 if run.error else 1
+        self.update(text, layout=lines != self._lines)
+        self._lines = lines

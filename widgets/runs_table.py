@@ -58,10 +58,10 @@ class RunsTable(LiveTable):
 
     def on_mount(self) -> None:
         self.add_column("run", key="run")
-        self.add_column("workflow", key="workflow")
+        self.add_column("workflow", key="workflow", max_width=28)
         self.add_column("status", key="status")
         self.add_column("progress", key="progress")
-        self.add_column("duration", key="duration")
+        self.add_column("duration", key="duration", justify="right")
         self.add_column("error", key="error")
 
     def show(self, runs: Sequence[RunRow], now: float) -> None:
@@ -82,12 +82,33 @@ class RunsTable(LiveTable):
             ]
         )
 
+    class RunHighlighted(Message):
+        """The cursor moved to another run."""
+
+        def __init__(self, table: RunsTable, run_id: str):
+            super().__init__()
+            self.table = table
+            self.run_id = run_id
+            """The run under the cursor."""
+
+        @property
+        def control(self) -> RunsTable:
+            return self.table
+
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
+        if event.table is not self:
+            return
+        event.stop()
+        if event.key is not None:
+            self.post_message(self.RunHighlighted(self, event.key))
+
     def action_choose(self) -> None:
         key = self.current_key
         if key is not None:
             self.post_message(self.RunChosen(self, key))
 
-    def on_data_table_row_selected(self, event: LiveTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
+        if event.table is not self:
+            return
         event.stop()
-        if event.row_key.value is not None:
-            self.post_message(self.RunChosen(self, event.row_key.value))
+        self.post_message(self.RunChosen(self, event.key))

@@ -69,4 +69,4 @@ class StatusLine(Static):
             style = HEALTH_STYLE.get(health.status, "")
             text.append("  health ", style="dim")
             text.append(f"{health.score:.0f}", style=f"bold {style}")
-        self.update(text)
+        self.update(text, layout=False)

@@ -130,6 +130,7 @@ class UndoHistory(Vertical):
         """Only entries whose run, step, agent, operation or status contain this."""
         self._entries: tuple[UndoRow, ...] = ()
         self._now = 0.0
+        self._detail_key: tuple | None = None
 
     def compose(self) -> ComposeResult:
         yield LiveTable(id="undo-table")
@@ -198,16 +199,20 @@ class UndoHistory(Vertical):
 
     def _show_detail(self) -> None:
         entry = self.selected
+        key = (entry, int(self._now))
+        if key == self._detail_key:
+            return
+        self._detail_key = key
         widget = self.query_one("#undo-detail", Static)
         widget.update(
             entry_detail(entry, self._now) if entry else Text("no undo entries", style="dim")
         )
 
-    def on_data_table_row_highlighted(self, event: LiveTable.RowHighlighted) -> None:
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
         event.stop()
         self._show_detail()
 
-    def on_data_table_row_selected(self, event: LiveTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
         self.action_detail()
 

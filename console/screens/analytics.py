@@ -9,11 +9,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from console.screens.base import FlowdeckScreen
 from engine.views import Snapshot
 from widgets.health import HealthScore
+from widgets.key_bar import KeyBar
 from widgets.latency_plot import LatencyPlot
 from widgets.rankings import AgentRankings
 from widgets.text import millis, percent, plain
@@ -77,7 +78,7 @@ class AnalyticsScreen(FlowdeckScreen):
             p.border_title = "latency per minute: P50 / P95 / P99"
             yield LatencyPlot()
         yield from self.compose_filter()
-        yield Footer()
+        yield KeyBar()
 
     @property
     def main_widget(self) -> Widget:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.widget import Widget
-from textual.widgets import Footer
 
 from console.screens.base import FlowdeckScreen
 from engine.views import Snapshot
+from widgets.key_bar import KeyBar
 from widgets.undo_panel import UndoHistory
 
 
@@ -30,7 +30,7 @@ class HistoryScreen(FlowdeckScreen):
         panel.border_title = "undo history · newest first"
         yield panel
         yield from self.compose_filter()
-        yield Footer()
+        yield KeyBar()
 
     @property
     def main_widget(self) -> Widget:

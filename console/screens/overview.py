@@ -12,13 +12,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
-from textual.widgets import Footer
 
 from console.screens.base import FlowdeckScreen
 from engine.views import Snapshot
 from widgets.breakers import BreakerList
 from widgets.event_log import EventLog
 from widgets.health import HealthScore
+from widgets.key_bar import KeyBar
 from widgets.latency_plot import LatencyPlot
 from widgets.rankings import AgentRankings
 from widgets.review_panel import ReviewPanel
@@ -92,7 +92,7 @@ class OverviewScreen(FlowdeckScreen):
                 p.border_title = "events"
                 yield EventLog()
         yield from self.compose_filter()
-        yield Footer()
+        yield KeyBar()
 
     @property
     def main_widget(self) -> Widget:
@@ -123,6 +123,11 @@ class OverviewScreen(FlowdeckScreen):
 
     def apply_filter(self, text: str) -> None:
         self.fd_app.feed.update(runs_filter=text)
+
+    def on_runs_table_run_highlighted(self, event: RunsTable.RunHighlighted) -> None:
+        # Read the run under the cursor along with the next snapshot, so `enter` shows it at once.
+        if self.app.screen is self:
+            self.fd_app.feed.update(run_id=event.run_id, urgent=False)
 
     def on_runs_table_run_chosen(self, event: RunsTable.RunChosen) -> None:
         event.stop()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.widget import Widget
-from textual.widgets import Footer
 
 from console.screens.base import FlowdeckScreen
 from engine.views import Snapshot
+from widgets.key_bar import KeyBar
 from widgets.review_panel import ReviewPanel
 
 
@@ -30,7 +30,7 @@ class ReviewsScreen(FlowdeckScreen):
         panel.border_title = "pending reviews · oldest first"
         yield panel
         yield from self.compose_filter()
-        yield Footer()
+        yield KeyBar()
 
     @property
     def main_widget(self) -> Widget:

@@ -13,12 +13,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widget import Widget
-from textual.widgets import Footer
 
 from console.screens.base import FlowdeckScreen
 from console.screens.dialogs import ConfirmScreen
 from engine.views import RunView, Snapshot, StepView
 from widgets.dag_view import DagView
+from widgets.key_bar import KeyBar
 from widgets.run_header import RunHeader
 from widgets.step_detail import StepDetail
 from widgets.text import plain
@@ -76,7 +76,15 @@ class RunScreen(FlowdeckScreen):
             detail.border_title = "step"
             yield detail
         yield from self.compose_filter()
-        yield Footer()
+        yield KeyBar()
+
+    def set_run(self, run_id: str) -> None:
+        """Show another run (the screen is reused)."""
+        if run_id != self.run_id:
+            self.run_id = run_id
+            self.view = None
+            if self.is_mounted:
+                self.query_one(RunHeader).update(Text.assemble("loading run ", plain(run_id), "…"))
 
     @property
     def main_widget(self) -> Widget:
