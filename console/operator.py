@@ -10,12 +10,12 @@ the store's writer thread (`await store.run`), reads through `aread`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+from engine import control
 from engine.errors import Conflict, NotFound
 from engine.store import Store
 
@@ -109,8 +109,7 @@ class Operator:
         if not rows:
             raise NotFound(f"no run {run_id}")
         row = rows[0]
-        alive = bool(row["owner"] and row["lease_until"] and row["lease_until"] > time.time())
-        return row["status"], alive
+        return row["status"], control.lease_alive(row, time.time())
 
     def _local(self, run_id: str) -> Any:
         engine = self.engine
@@ -138,14 +137,15 @@ class Operator:
             local.cancel("cancelled by operator")
             return "cancelling"
         status, alive = await self._owner(run_id)
-        if status in ("succeeded", "failed", "cancelled"):
+        if status in control.ENDED_RUN:
             raise Conflict(f"run {run_id} already ended ({status})")
+        now = time.time()
         if alive:
-            await self._command("cancel_run", run_id)
+            await self.store.run(lambda db: control.request_cancel(db, run_id, now))
             return "cancel requested"
-        from console.commands.runs import cancel_run
-
-        return await asyncio.to_thread(cancel_run, self.store, run_id, wait=0)
+        if await self.store.run(lambda db: control.cancel_abandoned(db, run_id, now)) != 1:
+            raise Conflict(f"run {run_id} changed while cancelling; try again")
+        return "cancelled"
 
     async def cancel_step(self, run_id: str, step_id: str) -> str:
         """Cancel one step (running, waiting or not started)."""

@@ -295,3 +295,27 @@ async def test_command_palette_opens_a_run(engine, store, console_store):
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
         assert app.screen.run_id == run.run_id
+
+
+async def test_cancel_of_a_run_no_engine_holds_happens_in_the_db(store, console_store):
+    store.run_sync(
+        lambda db: db.execute(
+            "INSERT INTO runs(id, workflow, spec, status, created_at, started_at, steps_total, "
+            "owner, lease_until) VALUES ('deadbeef0001', 'orphan', '{}', 'running', 1, 1, 1, "
+            "'gone:1', 2)"
+        )
+    )
+    store.run_sync(
+        lambda db: db.execute(
+            "INSERT INTO steps(run_id, step_id, status) VALUES ('deadbeef0001', 's', 'running')"
+        )
+    )
+    app = make_app(console_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.query_one(RunsTable).current_key == "deadbeef0001")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.snapshot.runs[0].status == "cancelled", what="cancelled")
+    assert store.query("SELECT status FROM steps") == [{"status": "cancelled"}]
+    assert store.query("SELECT count(*) AS n FROM commands") == [{"n": 0}]
