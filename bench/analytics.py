@@ -332,6 +332,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5, help="timed calls after the first")
     ap.add_argument("--db", help="database file (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the database file")
+    ap.add_argument(
+        "--reuse", action="store_true", help="time an existing --db built by an earlier --keep run"
+    )
     args = ap.parse_args()
 
     tmp = None
@@ -340,19 +343,30 @@ def main() -> int:
     else:
         tmp = tempfile.mkdtemp(prefix="flowdeck-bench-")
         path = Path(tmp) / "analytics.db"
-    now = time.time()
-    t0 = time.perf_counter()
-    made = build(path, attempts=args.attempts, agents=args.agents, days=args.days, now=now)
-    build_s = time.perf_counter() - t0
-    size_mb = os.path.getsize(path) / 1e6
-    print(
-        f"built {made['attempts']:,} attempts, {made['steps']:,} steps, {made['runs']:,} runs, "
-        f"{args.agents} agents, {args.days} days in {build_s:.1f} s "
-        f"(inserts with rollup triggers {made['insert_s']:.1f} s = "
-        f"{made['attempts'] / made['insert_s']:,.0f} attempts/s); file {size_mb:.0f} MB"
-    )
+    if args.reuse:
+        if not args.db or not path.exists():
+            ap.error("--reuse needs the --db of an earlier --keep run")
+        from engine.store import Store
 
-    conn = sqlite3.connect(path, isolation_level=None)
+        Store.open(path).close()  # brings an older file up to the current migrations
+        conn = sqlite3.connect(path, isolation_level=None)
+        now = conn.execute("SELECT max(started_at) FROM attempts").fetchone()[0] + 1
+        print(
+            f"reusing {path}: {conn.execute('SELECT count(*) FROM attempts').fetchone()[0]:,} attempts"
+        )
+    else:
+        now = time.time()
+        t0 = time.perf_counter()
+        made = build(path, attempts=args.attempts, agents=args.agents, days=args.days, now=now)
+        build_s = time.perf_counter() - t0
+        size_mb = os.path.getsize(path) / 1e6
+        print(
+            f"built {made['attempts']:,} attempts, {made['steps']:,} steps, {made['runs']:,} runs, "
+            f"{args.agents} agents, {args.days} days in {build_s:.1f} s "
+            f"(inserts with rollup triggers {made['insert_s']:.1f} s = "
+            f"{made['attempts'] / made['insert_s']:,.0f} attempts/s); file {size_mb:.0f} MB"
+        )
+        conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA query_only = 1")
     windows = [("all", None), ("1h", 3600.0), ("24h", 86400.0), ("7d", 7 * 86400.0)]
     fast: dict[str, float] = {}
@@ -388,7 +402,7 @@ def main() -> int:
     h = snaps["all"].health
     print(f"health of the bench data: {h.score} ({h.status})")
     conn.close()
-    if tmp and not args.keep:
+    if tmp and not args.keep and not args.reuse:
         for suffix in ("", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
         os.rmdir(tmp)

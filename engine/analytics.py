@@ -55,7 +55,9 @@ hour come from `attempt_rollup` (per hour and per day) and `attempt_hours`, kept
 triggers on `attempts` (migration 0002): whole days and hours of the window are read from the
 rollup, and only the partial hours at its edges from `attempts`. Percentiles are read at their
 rank from the partial index `attempts_latency (agent, duration_ms, started_at)` with
-`ORDER BY ... LIMIT 1 OFFSET rank` (walking from whichever end is nearer), or, for windows
+`ORDER BY ... LIMIT 1 OFFSET rank` (walking from whichever end is nearer; over all time the
+`latency_hist` table, exact per agent and duration bucket, says which bucket holds the rank, so
+only that bucket is stepped through), or, for windows
 holding at most `percentile_sort_share` of all calls (e.g. the last hour of a month), by one
 window-function query over the window's rows.
 """
@@ -592,28 +594,79 @@ def _hours(conn: sqlite3.Connection, since: float | None, now: float) -> dict[in
     return {int(h): (int(c), int(f)) for h, c, f in conn.execute(sql, params) if c or f}
 
 
+def bucket_floor(bucket: int) -> int | None:
+    """Smallest duration (ms) in a `latency_hist` bucket (None: no bound, below 0 ms).
+
+    Buckets (migration 0004): -1 below 0 ms, the whole ms below 100, else the number of digits
+    x 100 + the first two digits; so bucket(x) >= b exactly when x >= bucket_floor(b).
+    """
+    if bucket < 0:
+        return None
+    if bucket < 100:
+        return bucket
+    return (bucket % 100) * 10 ** (bucket // 100 - 2)
+
+
+def _nth(
+    conn: sqlite3.Connection,
+    agent: str,
+    since: float | None,
+    k: int,
+    n: int,
+    lo: int | None = None,
+    hi: int | None = None,
+) -> float:
+    """The k-th smallest (1-based) of the n timed calls of `agent` with lo <= ms < hi, stepping
+    along the latency index from the nearer end of that range."""
+    where = [
+        "agent IS NULL" if agent == "" else "agent = ?",
+        "status IN ('succeeded', 'failed') AND duration_ms IS NOT NULL",
+    ]
+    args: list[Any] = [] if agent == "" else [agent]
+    if since is not None:
+        where.append("started_at >= ?")
+        args.append(since)
+    if k <= n - k + 1:
+        bound, order, offset = ("duration_ms >= ?", lo), "", k - 1
+    else:
+        bound, order, offset = ("duration_ms < ?", hi), " DESC", n - k
+    if bound[1] is not None:
+        where.append(bound[0])
+        args.append(bound[1])
+    sql = (
+        f"SELECT duration_ms FROM attempts INDEXED BY attempts_latency WHERE {' AND '.join(where)} "
+        f"ORDER BY duration_ms{order} LIMIT 1 OFFSET ?"
+    )
+    return conn.execute(sql, [*args, offset]).fetchone()[0]
+
+
 def _percentiles_walk(
     conn: sqlite3.Connection, since: float | None, counts: dict[str, int]
 ) -> dict[str, tuple[float, ...]]:
-    """Each percentile by stepping along the latency index to its rank."""
+    """Each percentile by stepping along the latency index to its rank. Over all time the
+    `latency_hist` counts say which bucket holds the rank, so only that bucket is stepped."""
+    hist: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    if since is None:
+        for agent, bucket, n in conn.execute(
+            "SELECT agent, bucket, n FROM latency_hist WHERE n <> 0 ORDER BY agent, bucket"
+        ):
+            hist[agent].append((bucket, n))
     out: dict[str, tuple[float, ...]] = {}
-    window = "" if since is None else " AND started_at >= ?"
     for agent, n in counts.items():
-        who = "agent IS NULL" if agent == "" else "agent = ?"
-        base = (
-            "SELECT duration_ms FROM attempts INDEXED BY attempts_latency WHERE "
-            f"{who} AND status IN ('succeeded', 'failed') AND duration_ms IS NOT NULL{window} "
-            "ORDER BY duration_ms "
-        )
-        args: list[Any] = ([] if agent == "" else [agent]) + ([] if since is None else [since])
+        buckets = hist.get(agent, [])
+        if sum(c for _, c in buckets) != n:  # only the all-time window has a histogram
+            out[agent] = tuple(_nth(conn, agent, since, rank_of(p, n), n) for p in PERCENTILES)
+            continue
         values = []
         for p in PERCENTILES:
-            rank = rank_of(p, n)
-            if rank <= n - rank + 1:
-                row = conn.execute(base + "LIMIT 1 OFFSET ?", [*args, rank - 1]).fetchone()
-            else:
-                row = conn.execute(base + "DESC LIMIT 1 OFFSET ?", [*args, n - rank]).fetchone()
-            values.append(row[0])
+            rank, before = rank_of(p, n), 0
+            for i, (bucket, count) in enumerate(buckets):
+                if rank <= before + count:
+                    nxt = bucket_floor(buckets[i + 1][0]) if i + 1 < len(buckets) else None
+                    lo = bucket_floor(bucket)
+                    values.append(_nth(conn, agent, since, rank - before, count, lo, nxt))
+                    break
+                before += count
         out[agent] = tuple(values)
     return out
 
