@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "console.commands.stats",
     "console.commands.undo",
     "console.commands.console",
+    "console.commands.serve",
 ]
 """Modules that add subcommands, in help order."""
 
