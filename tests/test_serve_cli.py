@@ -211,12 +211,14 @@ def test_serve_resumes_a_run_whose_engine_was_killed(serve, tmp_path, workflows)
         run_id = None
         while time.monotonic() < deadline and run_id is None:
             time.sleep(0.05)
-            if db.exists():
-                with sqlite3.connect(db) as conn:
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
                     row = conn.execute(
                         "SELECT run_id FROM steps WHERE status='running' LIMIT 1"
                     ).fetchone()
-                run_id = row[0] if row else None
+            except sqlite3.OperationalError:  # not created or not migrated yet
+                continue
+            run_id = row[0] if row else None
         assert run_id, "the run never started"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
