@@ -138,12 +138,12 @@ async def live_load(args: argparse.Namespace, tmp: Path) -> dict:
     engine_proc = psutil.Process(child.pid)
     store = Store.open(db)
     add_pending_reviews(store, args.keys + 5)
-    app = FlowdeckApp(store)
+    app = FlowdeckApp(store, analytics=None if args.no_analytics else "default")
     me = psutil.Process()
     open_lat: list[float] = []
     approve_lat: list[float] = []
     try:
-        async with app.run_test(size=(160, 48)) as pilot:
+        async with app.run_test(size=(160, 48)):
             await wait_until(lambda: app.snapshot is not None and len(app.snapshot.runs) > 3, 30)
             await asyncio.sleep(1.0)
             first_event = (
@@ -174,7 +174,7 @@ async def live_load(args: argparse.Namespace, tmp: Path) -> dict:
                 if len(approve_lat) < args.keys:
                     panel = app.screen.query_one(ReviewPanel)
                     panel.table.focus()
-                    await pilot.pause()
+                    await wait_until(lambda panel=panel: app.focused is panel.table)
                     oldest = panel.selected
                     if oldest is not None:
 
@@ -185,9 +185,12 @@ async def live_load(args: argparse.Namespace, tmp: Path) -> dict:
                         try:
                             approve_lat.append(await wait_until(gone))
                         except TimeoutError:
-                            notes = [n.message for n in app._notifications]
+                            row = store.query("SELECT status FROM reviews WHERE id=?", [oldest.id])
+                            workers = [(w.name, w.state.name) for w in app.workers]
                             raise TimeoutError(
-                                f"review {oldest.id} still shown; focus {app.focused}, notes {notes[-3:]}"
+                                f"review {oldest.id} still shown ({row}); focus {app.focused}, "
+                                f"polls {app.feed.polls} posted {app.feed.posted} drawn "
+                                f"{app.redraws}, workers {workers}"
                             ) from None
                     app.screen.query_one(RunsTable).focus()
                 await asyncio.sleep(0.2)
@@ -293,6 +296,7 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=40, help="approvals to time")
     p.add_argument("--runs", type=int, default=100_000, help="runs in the first-paint database")
     p.add_argument("--repeat", type=int, default=3, help="first-paint measurements")
+    p.add_argument("--no-analytics", action="store_true", help="console without analytics")
     p.add_argument("--skip-load", action="store_true")
     p.add_argument("--skip-paint", action="store_true")
     args = p.parse_args()

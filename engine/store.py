@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,6 +82,23 @@ def _describe(e: sqlite3.Error, path: Path) -> str:
     if "not a database" in msg or "malformed" in msg:
         return f"{path}: corrupt or not a SQLite database ({msg})"
     return f"{path}: {msg}"
+
+
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`: the write lock is taken first (waiting up to the busy
+    timeout), so a function that reads then writes (a compare-and-set) never has to upgrade a
+    read snapshot that another process made stale, which SQLite refuses at once with
+    "database is locked" (SQLITE_BUSY_SNAPSHOT) instead of waiting."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
 
 
 class Store:
@@ -260,7 +278,7 @@ class Store:
         stop = False
         conn = db.conn
         try:
-            with db.atomic():
+            with _write_transaction(conn):
                 # Consecutive statements with the same SQL run as one executemany; anything
                 # else runs in queue order, so the result is that of running the queue in order.
                 run_sql: str | None = None

@@ -600,7 +600,7 @@ class SnapshotReader:
         *,
         events_kept: int = 200,
         analytics: AnalyticsFn | None = None,
-        analytics_every: float = 2.0,
+        analytics_every: float = 3.0,
     ):
         self._read = read
         self.request = SnapshotRequest()

@@ -1,7 +1,8 @@
 """LatencyPlot: P50, P95 and P99 call latency per minute (textual-plotext).
 
-Fed `engine.analytics.TimeSeriesPoint`s (t, p50_ms, p95_ms, p99_ms) via `show()`; redraws only
-when the series changed.
+Fed `engine.analytics.TimeSeriesPoint`s (t, p50_ms, p95_ms, p99_ms) via `show()`. Building a
+plotext figure costs tens of milliseconds, so the drawn plot is cached (by size, theme and
+data) and new data is taken at most every `min_interval` seconds unless a minute was added.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from rich.console import RenderableType
 from textual_plotext import PlotextPlot
 
 LINES = (("p50_ms", "P50", "green"), ("p95_ms", "P95", "orange"), ("p99_ms", "P99", "red"))
@@ -25,9 +27,14 @@ class LatencyPlot(PlotextPlot):
     }
     """
 
+    min_interval = 5.0
+    """Least seconds between two redraws with new values (a new minute redraws at once)."""
+
     def __init__(self, *, id: str | None = None, classes: str | None = None):
         super().__init__(id=id, classes=classes)
         self._series: tuple = ()
+        self._taken = float("-inf")
+        self._plot_cache: tuple[tuple, RenderableType] | None = None
 
     def on_mount(self) -> None:
         self._draw()
@@ -36,8 +43,18 @@ class LatencyPlot(PlotextPlot):
         key = tuple((p.t, p.p50_ms, p.p95_ms, p.p99_ms) for p in series)
         if key == self._series:
             return
+        same_minutes = [p[0] for p in key] == [p[0] for p in self._series]
+        if same_minutes and time.monotonic() - self._taken < self.min_interval:
+            return
         self._series = key
+        self._taken = time.monotonic()
         self._draw()
+
+    def render(self) -> RenderableType:
+        key = (self.size, self.app.theme, self._series)
+        if self._plot_cache is None or self._plot_cache[0] != key:
+            self._plot_cache = (key, super().render())
+        return self._plot_cache[1]
 
     def _draw(self) -> None:
         plt = self.plt
