@@ -21,6 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_DB, EXIT_CONFLICT, EXIT_INTERRUPTED = 0, 
 COMMAND_MODULES = [
     "console.commands.workflows",
     "console.commands.runs",
+    "console.commands.reviews",
     "console.commands.stats",
     "console.commands.undo",
     "console.commands.console",

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     """Undo entries kept per DB; only expired ones are pruned beyond it."""
     debug: bool = False
     """Show tracebacks of unexpected errors."""
+    reviewer: str | None = None
+    """Name recorded on review decisions when `--as` is not given (default: the OS user)."""
 
 
 def load_settings(**overrides: object) -> Settings:

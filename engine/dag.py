@@ -505,13 +505,52 @@ def validate(spec: WorkflowSpec) -> list[Problem]:
                     spec, sid, step.review.confidence, (*base, "review", "confidence"), ups
                 )
             )
+        if (
+            step.review is not None
+            and step.route is None
+            and isinstance(step.review.when, str)
+            and step.review.when.strip().startswith("confidence")
+            and step.review.confidence is None
+        ):
+            problems.append(
+                (
+                    (*base, "review", "when"),
+                    f"'{step.review.when}' needs `review.confidence` "
+                    "(e.g. ${{ steps.ID.output.confidence }})",
+                )
+            )
 
         if step.undo is not None:
             problems.extend(_undo_problems(spec, sid, step, agent, ups, kinds))
 
         if step.route is not None:
-            for i, cand in enumerate(step.route.candidates):
+            route = step.route
+            if step.agent is not None:
+                problems.append(
+                    ((*base, "agent"), "a route step has no `agent`: its candidates name targets")
+                )
+            for name in ("pick", "confidence"):
+                value = getattr(route, name, None)
+                if isinstance(value, str):
+                    problems.extend(
+                        _check_expressions(spec, sid, value, (*base, "route", name), ups)
+                    )
+            target_kinds: dict[str, None] = {}
+            for i, cand in enumerate(route.candidates):
                 cpath: Path = (*base, "route", "candidates", i)
+                target_step = steps.get(cand.target)
+                if target_step is not None and sid not in target_step.needs:
+                    problems.append(
+                        (
+                            (*cpath, "target"),
+                            f"step '{cand.target}' must list '{sid}' in its needs "
+                            "(a route target runs only when chosen)",
+                        )
+                    )
+                elif target_step is None and cand.target in spec.agents:
+                    kind = spec.agents[cand.target].kind
+                    if isinstance(kind, str) and kind in kinds:
+                        target_kinds[kind] = None
                 if cand.target not in steps and cand.target not in spec.agents:
                     hint = suggest(cand.target, [*steps, *spec.agents])
                     problems.append(
@@ -524,4 +563,6 @@ def validate(spec: WorkflowSpec) -> list[Problem]:
                     problems.extend(
                         _check_expressions(spec, sid, cand.confidence, (*cpath, "confidence"), ups)
                     )
+            for kind in target_kinds:  # an agent target performs the route step's `with`
+                problems.extend(_params_problems(kind, step.with_, (*base, "with")))
     return problems

@@ -390,11 +390,41 @@ def _latency_hist(conn: sqlite3.Connection) -> None:
         )
 
 
+def _reviews(conn: sqlite3.Connection) -> None:
+    """Review gates, learned approvals and routing: what `engine/reviews.py`,
+    `engine/preferences.py` and `engine/routing.py` need beyond the core columns."""
+    _script(
+        conn,
+        """
+        ALTER TABLE reviews ADD COLUMN workflow TEXT;
+        ALTER TABLE reviews ADD COLUMN description TEXT;
+        ALTER TABLE reviews ADD COLUMN destructive INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE reviews ADD COLUMN learn INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE reviews ADD COLUMN timeout REAL;
+        CREATE INDEX reviews_pattern ON reviews(pattern, decided_at);
+
+        ALTER TABLE preferences ADD COLUMN window_approvals INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE preferences ADD COLUMN window_rejections INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE preferences ADD COLUMN created_at REAL;
+        ALTER TABLE preferences ADD COLUMN auto_since REAL;
+        ALTER TABLE preferences ADD COLUMN revoked_at REAL;
+
+        ALTER TABLE routes ADD COLUMN workflow TEXT;
+        ALTER TABLE routes ADD COLUMN confidence REAL;
+        ALTER TABLE routes ADD COLUMN best_confidence REAL;
+        ALTER TABLE routes ADD COLUMN review_id INTEGER;
+        CREATE UNIQUE INDEX routes_step ON routes(run_id, step_id);
+        CREATE INDEX routes_workflow ON routes(workflow, step_id, chosen)
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_core", _core),
     ("0002_analytics", _analytics),
     ("0003_undo_entries", _undo_entries),
     ("0004_latency_hist", _latency_hist),
+    ("0005_reviews", _reviews),
 ]
 """Every migration in order. Append only."""
 

@@ -145,16 +145,54 @@ class RouteCandidate(_Spec):
     """One candidate of a routing step."""
 
     target: str
-    """Step id (or agent id) chosen when this candidate wins."""
-    confidence: float | str
-    """A fixed score 0..1, or an expression giving it."""
+    """Step id (or agent id) chosen when this candidate wins. A step target must list the
+    route step in its `needs`; the targets that lose are skipped. An agent target performs the
+    route step's own `with`."""
+    name: str | None = None
+    """The name an upstream answer uses for this candidate (`route.pick`); default `target`."""
+    confidence: float | str | None = None
+    """A fixed score 0..1, an expression giving it (`${{ steps.triage.output.scores.x }}`), or
+    `learned`: the agent's success rate on this operation (see engine/preferences.py). None
+    scores 0 unless `route.pick` names this candidate."""
+
+    @field_validator("confidence")
+    @classmethod
+    def _check_confidence(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, bool):
+            raise ValueError("must be a number from 0 to 1, an expression or 'learned'")
+        if isinstance(v, (int, float)) and not 0 <= v <= 1:
+            raise ValueError("must be from 0 to 1")
+        if isinstance(v, str) and v != "learned" and "${{" not in v:
+            raise ValueError("must be a number from 0 to 1, an expression or 'learned'")
+        return v
+
+    @property
+    def key(self) -> str:
+        """The candidate's name (`name`, else `target`)."""
+        return self.name or self.target
 
 
 class RouteSpec(_Spec):
     """Pick the best candidate by confidence; below `threshold` a human picks."""
 
     candidates: list[RouteCandidate] = Field(min_length=1)
+    """The routes to choose from; ties go to the first one listed."""
     threshold: float = Field(default=0.0, ge=0, le=1)
+    """A best score below this opens a review of kind `route` showing every candidate."""
+    pick: str | None = None
+    """Expression naming the candidate an upstream step chose, e.g.
+    `${{ steps.triage.output.route }}` (matched against each candidate's `name`/`target`)."""
+    confidence: str | float | None = None
+    """Score of the picked candidate, e.g. `${{ steps.triage.output.confidence }}` (default 1)."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RouteSpec:
+        seen: set[str] = set()
+        for cand in self.candidates:
+            if cand.key in seen:
+                raise ValueError(f"candidate '{cand.key}' is listed twice")
+            seen.add(cand.key)
+        return self
 
 
 class StepSpec(_Spec):
@@ -309,7 +347,7 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
         }
     ),
     _S.WAITING_REVIEW: frozenset(
-        {_S.READY, _S.RUNNING, _S.REJECTED, _S.FAILED, _S.CANCELLED, _S.SUCCEEDED}
+        {_S.READY, _S.RUNNING, _S.REJECTED, _S.FAILED, _S.CANCELLED, _S.SUCCEEDED, _S.PENDING}
     ),
     _S.RUNNING: frozenset(
         {
@@ -330,7 +368,8 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     _S.REJECTED: frozenset(),
 }
 """Allowed step transitions. Going back to pending/ready only happens on resume of an
-interrupted run (an in-flight step that is safe to repeat)."""
+interrupted run (an in-flight step that is safe to repeat; a step waiting for review goes back
+to pending while its review stays pending, and the resumed run waits on that same review)."""
 
 _R = RunStatus
 RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {

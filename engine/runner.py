@@ -170,6 +170,11 @@ class StepState:
     failed_attempt: tuple | None = None
     """Row of the last failed attempt, written once its next retry time is known."""
     output_json: str | None = None
+    slotted: bool = False
+    """Its task holds concurrency slots (false while it waits outside them, see
+    `RunExecution.release_slot`)."""
+    slot_waiter: asyncio.Future | None = None
+    """Resolved by the dispatcher when a step that gave its slots back gets them again."""
 
     @property
     def max_attempts(self) -> int:
@@ -215,6 +220,9 @@ class RunExecution:
         self.scope = {"inputs": inputs, "steps": self.outputs}
         self.ended = sum(1 for st in states.values() if st.status.ended)
         self.active = 0
+        """Step tasks holding a slot."""
+        self.outside = 0
+        """Step tasks alive without a slot (waiting for a review)."""
         self.parked: list = []
         self.agents: dict[str, Agent] = {}
         self.started_at: float | None = None
@@ -234,7 +242,10 @@ class RunExecution:
         return self.engine.events
 
     def agent(self, st: StepState) -> Agent:
-        agent_id = st.spec.agent or ""
+        return self.agent_named(st.spec.agent or "")
+
+    def agent_named(self, agent_id: str) -> Agent:
+        """The run's agent `agent_id` (created on first use)."""
         agent = self.agents.get(agent_id)
         if agent is None:
             agent = create(agent_id, self.spec.agents[agent_id], self.engine.resources)
@@ -315,34 +326,44 @@ class RunExecution:
 
     def _launch(self, st: StepState) -> None:
         self.active += 1
+        st.slotted = True
+        waiter = st.slot_waiter
+        if waiter is not None:  # a step taking back the slots it gave up (see acquire_slot)
+            st.slot_waiter = None
+            self.outside -= 1
+            waiter.set_result(None)
+            return
         st.task = asyncio.create_task(self._run_step(st), name=f"{self.run_id}:{st.id}")
+
+    def release_slot(self, st: StepState) -> None:
+        """Give back the step's concurrency slots (engine, run, agent) while it waits for
+        something that is not work, e.g. a human decision; other steps may use them meanwhile.
+        Call from the step's own task; take them back with `acquire_slot` before acting."""
+        if not st.slotted:
+            return
+        st.slotted = False
+        self.outside += 1
+        self.engine._release(self, st)
+
+    async def acquire_slot(self, st: StepState) -> None:
+        """Wait until the dispatcher grants the step its slots again (priority order)."""
+        if st.slotted:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        st.slot_waiter = fut
+        self.engine._enqueue(self, st)
+        self.engine._dispatch()
+        try:
+            await fut
+        finally:
+            st.slot_waiter = None  # if cancelled before granted, the heap entry is skipped
 
     async def _run_step(self, st: StepState) -> None:
         try:
-            try:
-                params = render(st.spec.with_, self.scope) if st.has_expr else st.spec.with_
-            except ExpressionError as e:
-                raise StepError(str(e), ErrorClass.VALIDATION) from None
-            agent = self.agent(st)
-            st.operation = agent.operation(params)
-            entered: list[StepHook] = []
-            try:
-                for hook in self.engine.hooks:
-                    if hook.applies(self, st):
-                        params = await hook.before(self, st, agent, params)
-                        entered.append(hook)
-                output = await run_with_retries(
-                    st.policy,
-                    lambda n: self._attempt(st, agent, params, n),
-                    on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
-                    sleep=lambda seconds: self._backoff(st, seconds),
-                )
-            except BaseException as e:
-                for hook in reversed(entered):
-                    await hook.failed(self, st, e)
-                raise
-            for hook in reversed(entered):
-                output = await hook.after(self, st, output)
+            if st.spec.route is not None:
+                output = await self.engine.router.run(self, st)
+            else:
+                output = await self.act(st, self.agent(st))
         except asyncio.CancelledError:
             self._flush_failed_attempt(st, None)
             st.next_retry_at = None
@@ -376,8 +397,40 @@ class RunExecution:
                 self._write_step(st)
                 self.events.emit("step.failed", self.run_id, st.id, error=st.error)
                 self._skip_dependents(st)
-            self.engine._release(self, st)
+            if st.slotted:
+                self.engine._release(self, st)
+            else:
+                self.outside -= 1
+                self.engine._unslotted_exit(self)
             self._check_done()
+
+    async def act(self, st: StepState, agent: Agent) -> Any:
+        """The step's action through `agent`: render `with`, run the hooks' `before`, the
+        attempts with retries, then the hooks' `after`. Returns the output."""
+        try:
+            params = render(st.spec.with_, self.scope) if st.has_expr else st.spec.with_
+        except ExpressionError as e:
+            raise StepError(str(e), ErrorClass.VALIDATION) from None
+        st.operation = agent.operation(params)
+        entered: list[StepHook] = []
+        try:
+            for hook in self.engine.hooks:
+                if hook.applies(self, st):
+                    params = await hook.before(self, st, agent, params)
+                    entered.append(hook)
+            output = await run_with_retries(
+                st.policy,
+                lambda n: self._attempt(st, agent, params, n),
+                on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
+                sleep=lambda seconds: self._backoff(st, seconds),
+            )
+        except BaseException as e:
+            for hook in reversed(entered):
+                await hook.failed(self, st, e)
+            raise
+        for hook in reversed(entered):
+            output = await hook.after(self, st, output)
+        return output
 
     async def _attempt(self, st: StepState, agent: Agent, params: dict, n: int) -> Any:
         clock = self.engine.clock
@@ -388,7 +441,7 @@ class RunExecution:
         if st.started_at is None:
             st.started_at = now
         self._set(st, StepStatus.RUNNING, attempt=number, of=st.max_attempts)
-        agent_id = st.spec.agent
+        agent_id = agent.agent_id
         call = StepCall(
             run_id=self.run_id,
             step_id=st.id,
@@ -611,8 +664,15 @@ class Engine:
         self.runs: dict[str, RunExecution] = {}
         self.hooks: list[StepHook] = []
         """Step hooks, in the order their `before` runs."""
+        from engine.gates import ReviewGate
+        from engine.routing import Router
         from engine.undo.hook import UndoHook
 
+        self.reviews = ReviewGate(self)
+        """Review gates: opens reviews, waits on decisions, `await engine.reviews.decide(...)`."""
+        self.router = Router(self)
+        """Runs `route:` steps."""
+        self.hooks.append(self.reviews)
         self.undo = UndoHook(self)
         """The undo log of destructive steps and the undo API (`await engine.undo.undo(ID)`);
         keep it the last hook, nearest the action."""
@@ -637,6 +697,26 @@ class Engine:
         self._background.append(asyncio.create_task(self._heartbeat(), name="flowdeck-heartbeat"))
         if self._poll_commands:
             self._background.append(asyncio.create_task(self._commands(), name="flowdeck-commands"))
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task:
+        """Run a background task of this engine; `aclose` cancels it."""
+        self._background = [t for t in self._background if not t.done()]
+        task = asyncio.create_task(coro, name=name)
+        self._background.append(task)
+        return task
+
+    async def decide(
+        self,
+        review_id: int | str,
+        decision: str,
+        reviewer: str,
+        comment: str | None = None,
+        *,
+        choice: str | None = None,
+    ) -> dict[str, Any]:
+        """Approve or reject a review from this process (see engine/reviews.py `adecide`);
+        a step of this engine waiting on it continues at once."""
+        return await self.reviews.decide(review_id, decision, reviewer, comment, choice=choice)
 
     async def aclose(self) -> None:
         for task in self._background:
@@ -807,7 +887,11 @@ class Engine:
         while ready and self._active < self.max_concurrency and not self._stopping:
             item = heapq.heappop(ready)
             _, _, run, st = item
-            if st.status is not StepStatus.READY or run.done.done() or run.interrupting:
+            if (
+                (st.status is not StepStatus.READY and st.slot_waiter is None)
+                or run.done.done()
+                or run.interrupting
+            ):
                 continue
             if run.active >= run.spec.concurrency:
                 heapq.heappush(run.parked, item)
@@ -833,9 +917,14 @@ class Engine:
             parked = self._agent_parked.get(key)
             if parked:
                 heapq.heappush(self._ready, heapq.heappop(parked))
-        if run.interrupting and run.active == 0:
+        if run.interrupting and run.active == 0 and run.outside == 0:
             run._finish_interrupted()
         self._dispatch()
+
+    def _unslotted_exit(self, run: RunExecution) -> None:
+        """A step task that held no slot ended."""
+        if run.interrupting and run.active == 0 and run.outside == 0:
+            run._finish_interrupted()
 
     def _forget(self, run: RunExecution) -> None:
         self.runs.pop(run.run_id, None)

@@ -404,8 +404,8 @@ def test_route_targets():
               candidates:
                 - {target: fast, confidence: 0.9}
                 - {target: slwo, confidence: "${{ steps.fast.output.score }}"}
-          fast: {agent: f, with: {url: u}}
-          slow: {agent: f, with: {url: u}}
+          fast: {agent: f, needs: [pick], with: {url: u}}
+          slow: {agent: f, needs: [pick], with: {url: u}}
         """)
     ) == [
         "wf.yaml:8:12: steps.pick.route.candidates[1].target: unknown route target 'slwo': not a step or agent id; did you mean 'slow'?",
