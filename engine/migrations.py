@@ -459,6 +459,9 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                conn.execute("COMMIT")  # another process applied it since we looked
+                continue
             fn(conn)
             conn.execute(
                 "INSERT INTO _migrations(name, applied_at) VALUES (?, ?)", (name, time.time())

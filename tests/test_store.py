@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -12,6 +15,7 @@ from engine import migrations
 from engine.errors import DatabaseError
 from engine.events import EventFollower, EventLog
 from engine.store import Store
+from tests.conftest import ROOT, cli_env
 
 
 def digest(path) -> str:
@@ -185,3 +189,30 @@ def test_one_batch_runs_in_queue_order_across_different_sql(store):
         (1, "updated"),
         (2, "created"),
     ]
+
+
+def test_processes_opening_a_new_file_at_once_migrate_it_once(db_path):
+    # Each process reads which migrations are applied, then takes the write lock; one that
+    # waited for the lock must not apply them a second time ("duplicate column").
+    code = (
+        "import sys, time\n"
+        "from engine.store import Store\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "Store.open(sys.argv[1]).close()\n"
+    )
+    start = time.time() + 1.5  # every process is past its imports by then
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(db_path), str(start)],
+            cwd=ROOT,
+            env=cli_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    with Store.open(db_path) as s:
+        names = [r["name"] for r in s.query("SELECT name FROM _migrations")]
+    assert names == [name for name, _ in migrations.MIGRATIONS]
