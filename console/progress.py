@@ -54,6 +54,12 @@ class RunProgress:
         status = kind[5:]
         if status in ACTIVE:
             self.active[ev.step_id] = {"status": status, "since": time.monotonic(), **ev.data}
+            if status == "waiting_review" and not self.use_live:
+                rid = ev.data.get("review_id")
+                line = Text("  ? ", style="bold yellow")
+                line.append_text(output.safe(f"{ev.step_id} waits for review {rid}: "))
+                line.append_text(output.safe(f"flowdeck approve {rid} | flowdeck reject {rid}"))
+                output.stderr.print(line)
         elif status in SYMBOL:
             self.active.pop(ev.step_id, None)
             self.counts[status] = self.counts.get(status, 0) + 1
@@ -84,7 +90,8 @@ class RunProgress:
                 left = max(0.0, info.get("wait", 0) - (now - info["since"]))
                 detail = f"attempt {info.get('attempt')}/{info.get('of')} in {left:.1f} s"
             elif status == "waiting_review":
-                detail = "waiting for review"
+                rid = info.get("review_id")
+                detail = f"review {rid}: flowdeck approve {rid} | reject {rid}"
             else:
                 detail = f"attempt {info.get('attempt', 1)}/{info.get('of', 1)}"
             table.add_row(Spinner("dots"), output.safe(step_id), output.status_text(status), detail)

@@ -33,6 +33,11 @@ ENGINE_MODULES = [
     "engine.workflows",
     "engine.undo",
     "engine.undo.hook",
+    "engine.agents.llm",
+    "engine.reviews",
+    "engine.gates",
+    "engine.routing",
+    "engine.preferences",
 ]
 FORBIDDEN = ("textual", "rich", "console", "widgets")
 

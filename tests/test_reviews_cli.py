@@ -105,6 +105,8 @@ def test_gates_decided_from_other_processes_each_resume_only_their_step(tmp_path
             assert now[later] == "waiting_review", (step, later, now)
     code, _out, err = finish(proc)
     assert code == 1, err  # one gate was rejected: the run failed
+    for step, review_id in ids.items():  # the waiting run told the operator what to type
+        assert f"{step} waits for review {review_id}: flowdeck approve {review_id}" in err
     final = step_status(db)
     assert final == {"a": "rejected", "a2": "skipped", "b": "succeeded", "b2": "succeeded",
                      "c": "succeeded", "c2": "succeeded"}  # fmt: skip
