@@ -52,6 +52,11 @@ def cancel_abandoned(db: Any, run_id: str, now: float) -> int:
             f"error_class='cancelled' WHERE run_id=? AND status NOT IN {ENDED_STEP_SQL}",
             (now, run_id),
         )
+        db.execute(  # its pending reviews can no longer be decided
+            "UPDATE reviews SET status='cancelled', reviewer='engine', comment='run cancelled', "
+            "decided_at=?, auto=1 WHERE run_id=? AND status='pending'",
+            (now, run_id),
+        )
         db.conn.executemany(
             "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?,?,?,?,'{}')",
             [(now, run_id, s, "step.cancelled") for s in steps]

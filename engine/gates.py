@@ -268,6 +268,7 @@ class ReviewGate(StepHook):
                 reason=row["reason"],
                 expires_at=row["expires_at"],
             )
+        held = st.slotted  # False when called outside the step's own task (nothing to give)
         run.release_slot(st)
         try:
             decided = await fut
@@ -279,7 +280,7 @@ class ReviewGate(StepHook):
             raise
         finally:
             self._waiters.pop(review_id, None)
-        if decided["status"] == "approved":
+        if decided["status"] == "approved" and held:
             await run.acquire_slot(st)
         return decided
 

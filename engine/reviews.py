@@ -354,6 +354,8 @@ SELECT r.*, p.state AS pref_state, p.window_approvals AS pref_approvals,
        p.window_rejections AS pref_rejections
 FROM reviews r LEFT JOIN preferences p ON p.pattern = r.pattern
 WHERE r.status = 'pending' {extra}
+  AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.id = r.run_id
+                  AND runs.status IN ('succeeded', 'failed', 'cancelled'))
 ORDER BY r.id
 LIMIT :limit
 """

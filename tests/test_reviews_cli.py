@@ -150,6 +150,30 @@ def test_restart_with_a_pending_review(tmp_path):
     assert query(db, "SELECT count(*) AS n FROM attempts WHERE step_id='first'")[0]["n"] == 1
 
 
+def test_cancelling_an_interrupted_run_closes_its_review(tmp_path):
+    wf, db = tmp_path / "wf.yaml", tmp_path / "f.db"
+    wf.write_text(
+        "name: cancel\nagents: {sh: {kind: shell}}\nsteps:\n"
+        "  gate: {agent: sh, with: {run: 'echo 2'}, review: {when: always, timeout: 600}}\n"
+    )
+    proc = start_run(wf, db, "run", FLOWDECK_GRACE="0")
+    review_id = pending(db, 1, proc)["gate"]
+    shown = run_cli("reviews", str(review_id), "--db", str(db), COLUMNS="200")
+    assert shown.code == 0
+    for text in (f"review {review_id}  gate  pending", "action: sh echo", "(on_timeout: reject)",
+                 '"run": "echo 2"'):  # fmt: skip
+        assert text in shown.stdout, shown.stdout
+    proc.send_signal(signal.SIGTERM)
+    assert finish(proc)[0] == 130
+    run_id = query(db, "SELECT id FROM runs")[0]["id"]
+    assert run_cli("cancel", run_id, "--db", str(db)).code == 0  # no engine: done in the DB
+    assert run_cli("reviews", "--json", "--db", str(db)).json() == {"reviews": []}
+    late = run_cli("approve", str(review_id), "--db", str(db))
+    assert late.code == 4 and f"review {review_id} was cancelled at" in late.stderr
+    detail = run_cli("reviews", str(review_id), "--json", "--db", str(db)).json()
+    assert (detail["status"], detail["comment"]) == ("cancelled", "run cancelled")
+
+
 def test_cli_errors_and_prefs(tmp_path):
     wf, db = tmp_path / "wf.yaml", tmp_path / "f.db"
     wf.write_text(GATES)

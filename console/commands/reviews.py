@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from engine.errors import InputError, NotFound
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("reviews", parents=[common], help="pending reviews, oldest first")
+    p.add_argument("review_id", nargs="?", metavar="ID", help="show this review in full")
     p.add_argument("--all", action="store_true", help="decided reviews too, newest first")
     p.add_argument("--status", help="only reviews with this status (implies --all)")
     p.add_argument("--run", metavar="RUN_ID", help="only reviews of this run")
@@ -68,7 +70,50 @@ def _expires(r: dict[str, Any], now: float) -> str:
     return f"in {output.duration(left)} ({r['on_timeout']})"
 
 
+def show_review(row: dict[str, Any]) -> None:
+    """One review in full: what it is about and, once decided, the decision."""
+    out = output.stdout
+    head = output.safe(f"review {row['id']}  {row['kind']}  ")
+    head.append_text(output.status_text(row["status"]))
+    out.print(head)
+    fields = [
+        ("run", f"{row['run_id']} ({row['workflow']})"),
+        ("step", row["step_id"] + (f": {row['description']}" if row["description"] else "")),
+        ("action", " ".join(x for x in (row["agent"], row["operation"]) if x) or None),
+        ("pattern", row["pattern"]),
+        ("destructive", "yes" if row["destructive"] else None),
+        ("reason", row["reason"]),
+        ("confidence", None if row["confidence"] is None else f"{row['confidence']:g}"),
+        ("opened", output.ts(row["created_at"])),
+        ("expires", f"{output.ts(row['expires_at'])} (on_timeout: {row['on_timeout']})"
+         if row["expires_at"] else None),
+        ("decided", f"{output.ts(row['decided_at'])} by {row['reviewer']}"
+         if row["decided_at"] else None),
+        ("choice", row["choice"]),
+        ("comment", row["comment"]),
+    ]  # fmt: skip
+    for name, value in fields:
+        if value is not None:
+            line = output.safe(f"{name:>12}: ")
+            line.append_text(output.safe(value))
+            out.print(line)
+    for name in ("candidates", "params", "upstream"):
+        if row.get(name):
+            out.print(output.safe(f"{name:>12}:"))
+            for text in json.dumps(row[name], indent=2, ensure_ascii=False).splitlines():
+                out.print(output.safe(" " * 14 + text))
+
+
 def cmd_reviews(args: argparse.Namespace, settings: Settings) -> int:
+    if args.review_id is not None:
+        review_id = reviews.parse_review_id(args.review_id)
+        with open_store(settings) as store:
+            row = store.read(lambda db: reviews.get_review(db, review_id))
+        if args.json:
+            output.print_json(row)
+        else:
+            show_review(row)
+        return 0
     if args.limit < 1:
         raise InputError("--limit must be at least 1")
     with open_store(settings) as store:
