@@ -260,6 +260,17 @@ def _lost(review_id: int, row: dict[str, Any] | None, expired: bool) -> Exceptio
     )
 
 
+def choices(row: dict[str, Any]) -> list[str]:
+    """The names an approval of this review may pick (`candidates`: route candidates as
+    `{name, ...}`, or plain strings for other kinds)."""
+    out = []
+    for c in row.get("candidates") or []:
+        name = c.get("name") if isinstance(c, dict) else c
+        if isinstance(name, str):
+            out.append(name)
+    return out
+
+
 def _prepare(
     row: dict[str, Any] | None,
     review_id: int,
@@ -278,13 +289,14 @@ def _prepare(
     if row is None:
         raise NotFound(f"no review {review_id}")
     if choice is not None:
-        if row["kind"] != "route":
+        names = choices(row)
+        if not names:
             raise InputError(
-                f"review {review_id} is a {row['kind']} review: --choice is for routes"
+                f"review {review_id} is a {row['kind']} review without choices "
+                "(--choice is for routes)"
             )
         if decision != "approve":
             raise InputError("--choice goes with approve")
-        names = [c.get("name") for c in row["candidates"] or []]
         if choice not in names:
             raise InputError(
                 f"review {review_id}: '{choice}' is not a candidate (choose from {', '.join(names)})"

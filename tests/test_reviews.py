@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from engine import reviews
+from engine import preferences, reviews
 from engine.errors import Conflict, InputError, NotFound
 from engine.models import RunStatus, WorkflowSpec
 from engine.runner import Engine
@@ -400,3 +400,21 @@ async def test_many_gates_do_not_use_up_engine_slots(store):
         for row in pending.values():
             await eng.decide(row["id"], "approve", "ken")
         assert await asyncio.wait_for(run.wait(), 10) is RunStatus.SUCCEEDED
+
+
+def test_decide_serves_every_kind_with_plain_choices(store):
+    # Other engine modules open reviews of their own kinds (e.g. a crash check after resume)
+    # with plain-string choices; the one decide function handles them the same way.
+    row = store.run_sync(
+        lambda db: reviews.insert(
+            db,
+            {"run_id": "r1", "step_id": "s", "kind": "crash_check", "reason": "did it happen?",
+             "candidates": ["rerun", "done"]},
+            100.0,
+        )
+    )  # fmt: skip
+    with pytest.raises(InputError, match="'maybe' is not a candidate"):
+        reviews.decide(store, row["id"], "approve", "uma", choice="maybe")
+    done = reviews.decide(store, row["id"], "approve", "uma", choice="done")
+    assert (done["status"], done["choice"], done["kind"]) == ("approved", "done", "crash_check")
+    assert store.read(preferences.list_preferences) == []  # only gate decisions are learned
