@@ -10,7 +10,6 @@ the store's writer thread (`await store.run`), reads through `aread`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,43 +41,31 @@ class Operator:
 
     # ------------------------------------------------------------------ reviews
 
-    async def decide(self, review_id: int, decision: str, comment: str | None = None) -> str:
-        """Approve or reject a pending review. Raises Conflict if it was decided already."""
-        if decision not in ("approve", "reject"):
-            raise ValueError(f"decision must be approve or reject, not {decision!r}")
-        status = "approved" if decision == "approve" else "rejected"
-        now = self.clock()
-        reviewer = self.reviewer
-
-        def cas(db: Any) -> dict[str, Any]:
-            row = db.execute(
-                "SELECT run_id, step_id, status, reviewer FROM reviews WHERE id = ?", [review_id]
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no review {review_id}")
-            n = db.execute(
-                "UPDATE reviews SET status = ?, decided_at = ?, reviewer = ?, comment = ? "
-                "WHERE id = ? AND status = 'pending'",
-                (status, now, reviewer, comment, review_id),
-            ).rowcount
-            if n != 1:
-                raise Conflict(
-                    f"review {review_id} was already decided ({row[2]} by {row[3] or 'someone'})"
-                )
-            db.execute(
-                "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?, ?, ?, ?, ?)",
-                (
-                    now,
-                    row[0],
-                    row[1],
-                    "review.decided",
-                    json.dumps({"id": review_id, "decision": status, "reviewer": reviewer}),
-                ),
+    async def decide(
+        self,
+        review_id: int,
+        decision: str,
+        comment: str | None = None,
+        *,
+        choice: str | None = None,
+    ) -> str:
+        """Approve or reject a pending review (`choice`: the candidate of a route review);
+        returns the new status. The one decision function of every surface
+        (`engine.reviews.adecide`: compare-and-set, deadlines, learned approvals); an engine
+        in this process wakes the waiting step at once. Raises Conflict if another decision
+        won, NotFound, or InputError."""
+        if self.engine is not None:
+            row = await self.engine.decide(
+                review_id, decision, self.reviewer, comment, choice=choice
             )
-            return {"run_id": row[0], "step_id": row[1]}
+        else:
+            from engine import reviews
 
-        await self.store.run(cas)
-        return status
+            row = await reviews.adecide(
+                self.store, review_id, decision, self.reviewer, comment, choice=choice,
+                now=self.clock(),
+            )  # fmt: skip
+        return str(row["status"])
 
     # ------------------------------------------------------------------ undo
 

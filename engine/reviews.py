@@ -144,7 +144,7 @@ def _decided_event(db: sqlite_utils.Database, row: dict[str, Any], now: float) -
     db.execute(
         EVENT_SQL,
         (now, row["run_id"], row["step_id"], "review.decided", _dumps(
-            {"review_id": row["id"], "kind": row["kind"], "status": row["status"],
+            {"review_id": row["id"], "kind": row["kind"], "decision": row["status"],
              "reviewer": row["reviewer"], "auto": row["auto"], "choice": row["choice"],
              "comment": row["comment"]}
         )),

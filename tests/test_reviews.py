@@ -418,3 +418,20 @@ def test_decide_serves_every_kind_with_plain_choices(store):
     done = reviews.decide(store, row["id"], "approve", "uma", choice="done")
     assert (done["status"], done["choice"], done["kind"]) == ("approved", "done", "crash_check")
     assert store.read(preferences.list_preferences) == []  # only gate decisions are learned
+
+
+async def test_console_operator_decides_through_the_same_function(engine, store):
+    from console.operator import Operator
+
+    spec = wf({"a": gated("a"), "b": gated("b")})
+    run = await engine.submit(spec)
+    pending = await pending_for(store, run.run_id, 2)
+    in_process = Operator(store, engine=engine, reviewer="vic")
+    assert await in_process.decide(pending["a"]["id"], "approve") == "approved"
+    remote = Operator(store, reviewer="wes")  # no engine here: the owner's watcher picks it up
+    assert await remote.decide(pending["b"]["id"], "reject", "no") == "rejected"
+    with pytest.raises(Conflict, match="already decided by wes"):
+        await in_process.decide(pending["b"]["id"], "approve")
+    assert await asyncio.wait_for(run.wait(), 10) is RunStatus.FAILED
+    pref = store.read(lambda db: preferences.get_preference(db, "py:tests.helpers.steps:record"))
+    assert (pref["approvals"], pref["rejections"]) == (1, 1)
