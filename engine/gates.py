@@ -115,6 +115,7 @@ class ReviewGate(StepHook):
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        """The engine whose steps this gate pauses."""
         self._waiters: dict[int, _Waiter] = {}
         self._watcher: asyncio.Task | None = None
 

@@ -65,6 +65,7 @@ class Router:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        """The engine whose route steps this runs."""
 
     async def run(self, run: RunExecution, st: StepState) -> Any:
         """Score, maybe ask, record, skip the losers, then act through the winner."""
