@@ -413,7 +413,7 @@ def _reviews(conn: sqlite3.Connection) -> None:
         ALTER TABLE routes ADD COLUMN confidence REAL;
         ALTER TABLE routes ADD COLUMN best_confidence REAL;
         ALTER TABLE routes ADD COLUMN review_id INTEGER;
-        CREATE UNIQUE INDEX routes_step ON routes(run_id, step_id);
+        CREATE INDEX routes_step ON routes(run_id, step_id);
         CREATE INDEX routes_workflow ON routes(workflow, step_id, chosen)
         """,
     )

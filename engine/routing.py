@@ -52,8 +52,10 @@ from engine.models import RouteCandidate, StepStatus
 if TYPE_CHECKING:
     from engine.runner import Engine, RunExecution, StepState
 
-ROUTE_UPSERT = (
-    "INSERT OR REPLACE INTO routes(run_id, step_id, created_at, workflow, chosen, best, "
+ROUTE_FORGET = "DELETE FROM routes WHERE run_id = ? AND step_id = ?"
+"""A route step decides again after a resume: its earlier decision is replaced."""
+ROUTE_INSERT = (
+    "INSERT INTO routes(run_id, step_id, created_at, workflow, chosen, best, "
     "threshold, candidates, overridden, reviewer, confidence, best_confidence, review_id) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
@@ -116,8 +118,9 @@ class Router:
         overridden = chosen["name"] != best["name"]
         reviewer = decided["reviewer"] if decided is not None else None
         now = self.engine.clock()
+        run.store.execute(ROUTE_FORGET, (run.run_id, st.id))
         run.store.execute(
-            ROUTE_UPSERT,
+            ROUTE_INSERT,
             (run.run_id, st.id, now, run.spec.name, chosen["name"], best["name"], route.threshold,
              json.dumps(scores), int(overridden), reviewer, chosen["confidence"],
              best["confidence"], decided["id"] if decided is not None else None),
