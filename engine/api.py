@@ -29,7 +29,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from engine import __version__, control, openapi, queries, tokens
+from engine.analytics import AnalyticsSnapshot
 from engine.api_models import (
+    AnalyticsQuery,
     EventsQuery,
     Health,
     RunCancelled,
@@ -38,6 +40,10 @@ from engine.api_models import (
     RunsQuery,
     RunStarted,
     StartRun,
+    UndoList,
+    UndoOutcome,
+    UndoQuery,
+    UndoRequest,
     WorkflowInfo,
     WorkflowInput,
     WorkflowList,
@@ -315,6 +321,71 @@ async def list_workflows(call: Call) -> WorkflowList:
     return WorkflowList(workflows=out)
 
 
+# --------------------------------------------------------------------------- undo
+
+
+@route("GET", "/api/undo", summary="The undo log, newest first", query=UndoQuery, response=UndoList)
+async def list_undo(call: Call) -> UndoList:
+    q: UndoQuery = call.query
+    try:
+        entries = await call.state.engine.undo.history(
+            limit=q.limit, run_id=q.run_id, status=q.status
+        )
+    except InputError as e:
+        raise ApiError(422, f"query.status: {str(e).removeprefix('--status ')}") from None
+    return UndoList(entries=entries)
+
+
+@route(
+    "POST",
+    "/api/undo/{id}",
+    summary="Undo one destructive operation (compare-and-set: at most once)",
+    body=UndoRequest,
+    body_optional=True,
+    response=UndoOutcome,
+    mutating=True,
+    errors=(409,),
+    path_params={"id": {"type": "integer", "minimum": 1}},
+)
+async def undo(call: Call) -> UndoOutcome:
+    raw = call.path("id")
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18 and int(raw) > 0):
+        raise NotFound(f"no undo entry '{raw[:80]}'")
+    body: UndoRequest = call.body
+    result = await call.state.engine.undo.undo(
+        int(raw), actor=body.actor, retry=body.retry, force=body.force
+    )
+    if not result.ok:  # the compensation ran and failed: the CLI's exit 4
+        raise Conflict(f"undo entry {result.entry_id} {result.outcome}: {result.message}")
+    return UndoOutcome.model_validate(result.to_dict())
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+@route(
+    "GET",
+    "/api/analytics",
+    summary="Analytics of a time window: health score, agents, latency, errors, usage",
+    query=AnalyticsQuery,
+    response=AnalyticsSnapshot,
+)
+async def get_analytics(call: Call) -> AnalyticsSnapshot:
+    from engine import analytics
+
+    q: AnalyticsQuery = call.query
+    now = time.time()
+    try:
+        since = analytics.since_for(q.since, now)
+    except InputError as e:
+        raise ApiError(422, f"query.since: {e}") from None
+    return await call.state.store.aread(
+        lambda db: analytics.compute(
+            db, since=since, now=now, default_slo_ms=q.slo_ms, min_calls=q.min_calls, top=q.top
+        )
+    )
+
+
 # --------------------------------------------------------------------------- events, health
 
 
@@ -404,9 +475,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _parse_body(model: type[BaseModel], request: web.Request) -> BaseModel:
+async def _parse_body(
+    model: type[BaseModel], request: web.Request, *, optional: bool = False
+) -> BaseModel:
     raw = await request.read()
     if not raw.strip():
+        if optional:
+            return model()
         raise ApiError(400, "the request body is empty; expected a JSON object")
     try:
         data = json.loads(raw, parse_constant=_no_constant)
@@ -451,7 +526,7 @@ def _handler(r: openapi.Route) -> Callable[[web.Request], Any]:
         if r.query is not None:
             call.query = _parse_query(r.query, request)
         if r.body is not None:
-            call.body = await _parse_body(r.body, request)
+            call.body = await _parse_body(r.body, request, optional=r.body_optional)
         result = await r.handler(call)
         if isinstance(result, web.StreamResponse):
             return result

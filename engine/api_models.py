@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.models import UndoEntry
+
 RUN_ID_PATTERN = r"^[0-9a-f]{1,64}$"
 
 
@@ -211,6 +213,67 @@ class EventOut(_Response):
     run_id: str | None = None
     step_id: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- undo
+
+
+class UndoQuery(_Request):
+    """Query of `GET /api/undo`."""
+
+    status: str | None = Field(default=None, max_length=32)
+    """Only entries in this state: prepared, done, expired, void, not_undoable, undoing,
+    undone, failed."""
+    run_id: str | None = Field(default=None, pattern=RUN_ID_PATTERN)
+    """Only entries of this run."""
+    limit: int = Field(default=50, ge=1, le=1000)
+    """At most this many, newest first."""
+
+
+class UndoList(_Response):
+    """Response of `GET /api/undo`: the undo log, newest first."""
+
+    entries: list[UndoEntry]
+
+
+class UndoRequest(_Request):
+    """Body of `POST /api/undo/{id}` (optional: an empty body takes these defaults)."""
+
+    actor: str = Field(default="api", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    """Who is undoing (recorded as `undone_by`)."""
+    retry: bool = False
+    """Try again an entry whose undo failed."""
+    force: bool = False
+    """Compensate an entry left unresolved by a crash without re-checking it."""
+
+
+class UndoOutcome(_Response):
+    """Response of `POST /api/undo/{id}`."""
+
+    id: int
+    run_id: str
+    step_id: str
+    outcome: str
+    """`undone`, `void` (a re-check showed the action never happened) or `skipped`."""
+    message: str
+    entry: UndoEntry | None = None
+    """The entry afterwards."""
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+class AnalyticsQuery(_Request):
+    """Query of `GET /api/analytics`."""
+
+    since: str = Field(default="1h", min_length=1, max_length=32)
+    """Window: a number with s/m/h/d/w (15m, 1h, 24h, 7d) or `all`."""
+    slo_ms: float = Field(default=2000.0, gt=0, le=1e9)
+    """P95 latency SLO of every agent, in ms (the health score's latency component)."""
+    min_calls: int = Field(default=10, ge=0, le=1_000_000)
+    """Calls an agent needs to be ranked."""
+    top: int = Field(default=10, ge=1, le=1000)
+    """Length of the top lists."""
 
 
 class Health(_Response):

@@ -7,13 +7,15 @@ worker thread, then renders the snapshot: the event loop never waits on SQLite.
 Step attempts are folded in incrementally by row id (each attempt row is read once after it
 ended), so a scrape costs the same with 10 or 10 million attempts: per agent, attempts by
 status, failures by error class and a latency histogram. Current-state gauges (runs by status,
-pending reviews, breakers by state, undo entries by status) are indexed counts.
+pending reviews, breakers by state, undo entries by status) are indexed counts; the health
+score (and its components) is `engine.analytics` over the last hour.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from engine import analytics
 from engine.store import Store
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -53,6 +56,8 @@ class Snapshot:
     reviews_pending: int = 0
     breakers: dict[str, int] = field(default_factory=dict)
     undo: dict[str, int] = field(default_factory=dict)
+    health: Any = None
+    """`analytics.HealthReport` of the last `health_window` seconds."""
     extra: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
@@ -65,6 +70,8 @@ class StoreCollector(Collector):
         self.store = store
         self.gauges = gauges
         """Extra gauges of the serving process (name -> (help, value)), read at each scrape."""
+        self.health_window = 3600.0
+        """Seconds of history the health score is computed over."""
         self.snapshot = Snapshot()
         self._agents: dict[str, _Agent] = {}
         self._last_id = 0
@@ -90,6 +97,8 @@ class StoreCollector(Collector):
         snap.breakers = dict(db.execute("SELECT state, count(*) FROM breakers GROUP BY state"))
         snap.undo = dict(db.execute("SELECT status, count(*) FROM undo_log GROUP BY status"))
         self._fold_attempts(db)
+        now = time.time()
+        snap.health = analytics.compute(db, since=now - self.health_window, now=now).health
         return snap
 
     def _fold_attempts(self, db: Any) -> None:
@@ -193,6 +202,20 @@ class StoreCollector(Collector):
         yield attempts
         yield failures
         yield latency
+        if snap.health is not None:
+            yield GaugeMetricFamily(
+                "flowdeck_health_score",
+                "Health score 0-100 of the last hour (see engine/analytics.py)",
+                value=snap.health.score,
+            )
+            points = GaugeMetricFamily(
+                "flowdeck_health_component_points",
+                "Points of each health component (weight x value)",
+                labels=["component"],
+            )
+            for c in snap.health.components:
+                points.add_metric([c.name], c.points)
+            yield points
         for name, (text, value) in sorted(snap.extra.items()):
             yield GaugeMetricFamily(name, text, value=value)
 

@@ -43,6 +43,8 @@ class Route:
     """Model of the success body; None for a non-JSON body (`content_type`)."""
     status: int = 200
     body: type[BaseModel] | None = None
+    body_optional: bool = False
+    """An empty body means the body model's defaults."""
     query: type[BaseModel] | None = None
     mutating: bool = False
     """Needs the bearer token."""
@@ -113,7 +115,7 @@ def build(
             op["parameters"] = params
         if r.body is not None:
             op["requestBody"] = {
-                "required": True,
+                "required": not r.body_optional,
                 "content": {"application/json": {"schema": refs[(r.body, "validation")]}},
             }
         responses: dict[str, Any] = {}

@@ -229,7 +229,7 @@ async def test_workflows_listing(api):
     status, body = await api.get("/api/workflows")
     assert status == 200
     by_name = {w["name"]: w for w in body["workflows"]}
-    assert set(by_name) == {"hello", "quick", "slow", "flaky", "broken"}
+    assert set(by_name) == {"hello", "quick", "slow", "flaky", "broken", "rmfile"}
     assert by_name["hello"]["inputs"]["who"] == {
         "type": "string",
         "required": True,
@@ -347,6 +347,9 @@ async def test_openapi_document_is_generated_from_the_models(api):
         ("GET", "/api/events"),
         ("GET", "/metrics"),
         ("GET", "/api/openapi.json"),
+        ("GET", "/api/undo"),
+        ("POST", "/api/undo/{id}"),
+        ("GET", "/api/analytics"),
     }
     assert design <= routes
     served = {(r.method, r.path) for r in api_module.ROUTES}
@@ -366,3 +369,70 @@ async def test_openapi_document_is_generated_from_the_models(api):
 
     schema = schemathesis.openapi.from_dict(doc)
     assert len(list(schema.get_all_operations())) == len(served)
+
+
+# --------------------------------------------------------------------------- undo
+
+
+async def test_undo_over_http(api, tmp_path):
+    f = tmp_path / "report.txt"
+    f.write_text("quarterly numbers")
+    run_id = await api.start("rmfile", path=str(f))
+    assert (await api.wait_run(run_id))["status"] == "succeeded"
+    assert not f.exists()
+    status, body = await api.get("/api/undo")
+    assert status == 200
+    [entry] = body["entries"]
+    assert entry["run_id"] == run_id and entry["state"] == "done"
+    assert entry["description"] == f"put {f} back" and entry["seconds_left"] > 0
+
+    status, body = await api.post(f"/api/undo/{entry['id']}", auth=False)
+    assert_error(status, body, 401)
+    assert not f.exists()
+    status, body = await api.post(f"/api/undo/{entry['id']}", json={"actor": "x\u0007"})
+    assert_error(status, body, 422, "body.actor")
+    status, body = await api.post(f"/api/undo/{entry['id']}")  # no body: the defaults
+    assert status == 200, body
+    assert body["outcome"] == "undone" and body["entry"]["undone_by"] == "api"
+    assert f.read_text() == "quarterly numbers"
+
+    status, body = await api.post(f"/api/undo/{entry['id']}", json={"actor": "ops"})
+    assert_error(status, body, 409, "already undone")
+    for missing in ("999", "0", "abc", "1" * 30):
+        status, body = await api.post(f"/api/undo/{missing}")
+        assert_error(status, body, 404, "no undo entry")
+    status, body = await api.get("/api/undo", params={"status": "undone", "run_id": run_id})
+    assert [e["id"] for e in body["entries"]] == [entry["id"]]
+    status, body = await api.get("/api/undo", params={"status": "bogus"})
+    assert_error(status, body, 422, "query.status", "not a status")
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+async def test_analytics_over_http(api):
+    from engine.analytics import AnalyticsSnapshot
+
+    await api.wait_run(await api.start("hello", who="a"))
+    await api.wait_run(await api.start("flaky"))
+    status, body = await api.get("/api/analytics")
+    assert status == 200, body
+    snap = AnalyticsSnapshot.model_validate(body)
+    calls = api.store.query(
+        "SELECT count(*) AS n FROM attempts WHERE status IN ('succeeded', 'failed')"
+    )[0]["n"]
+    assert snap.totals.calls == calls == 6
+    assert 0 <= snap.health.score <= 100 and snap.health.components
+    status, body = await api.get(
+        "/api/analytics", params={"since": "all", "slo_ms": "5", "min_calls": "1", "top": "3"}
+    )
+    assert status == 200 and body["since"] is None
+    assert [a["agent"] for a in body["rankings"]] == ["py"]
+    for params, words in [
+        ({"since": "yesterday"}, "query.since"),
+        ({"since": "0h"}, "query.since"),
+        ({"slo_ms": "0"}, "query.slo_ms"),
+        ({"top": "0"}, "query.top"),
+    ]:
+        status, body = await api.get("/api/analytics", params=params)
+        assert_error(status, body, 422, words)

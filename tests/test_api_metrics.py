@@ -102,6 +102,15 @@ async def test_metrics_from_the_store(api):
     assert value(m, "flowdeck_breakers", state="closed") == 1
     assert value(m, "flowdeck_undo_entries", status="done") == 2
     assert value(m, "flowdeck_undo_entries", status="undone") == 1
+    # the health score of engine/analytics over the last hour, with its components
+    from engine.analytics import compute
+
+    health = api.store.read(lambda db: compute(db, since=time.time() - 3600, now=time.time()))
+    assert value(m, "flowdeck_health_score") == pytest.approx(health.health.score, abs=5)
+    components = {c.name for c in health.health.components}
+    assert components == {"success", "latency", "breakers", "reviews"}
+    for name in components:
+        assert ("flowdeck_health_component_points", (("component", name),)) in m
     assert (
         value(m, "flowdeck_http_requests_total", method="POST", route="/api/runs", status="201")
         == 2

@@ -230,3 +230,28 @@ def test_serve_resumes_a_run_whose_engine_was_killed(serve, tmp_path, workflows)
     sp.wait_line(rf"resumed run {run_id}")
     assert wait_status(url, run_id, {"succeeded", "failed"})["status"] == "succeeded"
     assert sp.stop() == 0
+
+
+def test_retain_days_prunes_old_runs_on_start(serve, tmp_path, workflows, cli):
+    db = tmp_path / "flowdeck.db"
+    old = cli("run", str(workflows / "quick.yaml"), "--db", str(db), "--json")
+    new = cli("run", str(workflows / "quick.yaml"), "--db", str(db), "--json")
+    assert old.code == new.code == 0
+    old_id, new_id = old.json()["id"], new.json()["id"]
+    long_ago = time.time() - 40 * 86400
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE runs SET created_at=?, started_at=?, ended_at=? WHERE id=?",
+            [long_ago, long_ago, long_ago + 1, old_id],
+        )
+    bad = subprocess.run(
+        [sys.executable, "-m", "console", "serve", "--db", str(db), "--retain-days", "0"],
+        capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--retain-days 0: must be more than 0" in bad.stderr
+    sp = serve("--db", str(db), "--port", "0", "--retain-days", "30", FLOWDECK_TOKEN="r" * 20)
+    url = wait_listening(sp)
+    sp.wait_line(r"retention: pruned 1 runs")
+    assert requests.get(f"{url}/api/runs/{old_id}", timeout=10).status_code == 404
+    assert requests.get(f"{url}/api/runs/{new_id}", timeout=10).status_code == 200
+    assert sp.stop() == 0

@@ -1,7 +1,8 @@
 """`flowdeck serve`: the engine plus the HTTP API, no UI.
 
 Binds 127.0.0.1 unless `--host` says otherwise (then it warns, and reads need the token too).
-On start it resumes runs no live engine holds. SIGINT/SIGTERM: stop starting steps, give
+On start it resumes runs no live engine holds; with `--retain-days N` it prunes ended runs older
+than N days on start and hourly (engine/retention.py). SIGINT/SIGTERM: stop starting steps, give
 running ones the grace period, close the API, exit 0 (interrupted runs stay resumable; a second
 signal interrupts at once).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
@@ -24,6 +26,9 @@ from engine.errors import Conflict, InputError, NotFound
 
 log = logging.getLogger("flowdeck.serve")
 
+RETENTION_INTERVAL = 3600.0
+"""Seconds between two prunes with `--retain-days`."""
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[common], help="run the engine with the HTTP API, no UI")
@@ -35,6 +40,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", action="store_true", help="JSON log lines on stderr")
     p.add_argument("--concurrency", type=int, help="steps at once across the engine")
     p.add_argument("--no-resume", action="store_true", help="do not resume abandoned runs on start")
+    p.add_argument(
+        "--retain-days",
+        type=float,
+        metavar="N",
+        help="prune ended runs older than N days, on start and then hourly (see `flowdeck prune`)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -61,6 +72,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if args.concurrency < 1:
             raise InputError("--concurrency must be at least 1")
         settings.max_concurrency = args.concurrency
+    if args.retain_days is not None and not args.retain_days > 0:
+        raise InputError(f"--retain-days {args.retain_days:g}: must be more than 0")
     if args.workflows is not None and not Path(args.workflows).is_dir():
         raise InputError(f"--workflows {args.workflows}: not a directory")
     store = open_store(settings, must_exist=False)
@@ -87,6 +100,7 @@ async def _serve(
     store: Any, settings: Settings, args: argparse.Namespace, host: str, port: int, token: str
 ) -> int:
     from console import logs
+    from engine import retention
     from engine.api import ApiServer, create_app
     from engine.runner import Engine
 
@@ -114,15 +128,25 @@ async def _serve(
         log.info("listening on %s (db %s)", server.url, settings.db, extra={"url": server.url})
         stop = asyncio.Event()
         remove = _install_signals(engine, stop)
+        pruning = None
         try:
             if not args.no_resume:
                 await resume_abandoned(engine)
+            if args.retain_days is not None:
+                pruning = asyncio.create_task(
+                    retention.retention_loop(store, args.retain_days, RETENTION_INTERVAL),
+                    name="flowdeck-retention",
+                )
             await stop.wait()
             log.info("stopping: waiting up to %g s for running steps", settings.grace)
             server.state.stopping = True
             await engine.shutdown(settings.grace)
         finally:
             remove()
+            if pruning is not None:
+                pruning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruning
     finally:
         await server.stop()
         await engine.aclose()

@@ -67,6 +67,19 @@ steps:
   bad: {{agent: py, retry: {{attempts: 3, backoff: immediate}}, with: {{call: "{STEPS}:boom"}}}}
 """,
     "broken.yaml": "name: broken\nsteps:\n  a: {agent: nope}\n",
+    "rmfile.yaml": """
+name: rmfile
+inputs:
+  path: {type: string, required: true}
+agents:
+  py: {kind: python}
+steps:
+  rm:
+    agent: py
+    destructive: true
+    with: {call: "tests.helpers.undo_steps:remove_file", args: {path: "${{ inputs.path }}"}}
+    undo: {handler: restore_file, description: "put ${{ output.path }} back"}
+""",
 }
 
 
