@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "console.commands.undo",
     "console.commands.console",
     "console.commands.serve",
+    "console.commands.demo",
 ]
 """Modules that add subcommands, in help order."""
 
