@@ -24,6 +24,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
@@ -168,8 +169,11 @@ class FlowdeckApp(App[None]):
             self._feed_error = None
             self.notify("database readable again", markup=False)
         screen = self._data_screen()
-        if screen is not None and screen.is_mounted:
-            screen.show(snapshot)
+        if screen is not None and screen.ready:
+            try:
+                screen.show(snapshot)
+            except NoMatches:  # the app is closing and the screen lost its widgets
+                pass
         self.drawn_at = time.monotonic()
 
     def on_feed_failed(self, message: FeedFailed) -> None:
@@ -188,7 +192,7 @@ class FlowdeckApp(App[None]):
         run_id = screen.run_id if isinstance(screen, RunScreen) else None
         if run_id is not None and run_id != self.feed.request.run_id:
             self.feed.update(run_id=run_id)
-        if self.snapshot is not None and screen.is_mounted:
+        if self.snapshot is not None and screen.ready:
             screen.show(self.snapshot)
 
     # ------------------------------------------------------------------ navigation

@@ -69,7 +69,7 @@ class Operator:
 
     # ------------------------------------------------------------------ undo
 
-    async def undo(self, entry_id: int) -> str:
+    async def undo(self, entry_id: int, *, retry: bool = False) -> str:
         """Undo one entry of the undo log; returns a one-line result.
 
         Raises Conflict when the undo is refused or its compensation failed (the message says
@@ -78,9 +78,11 @@ class Operator:
         from engine.undo import undo_entry
 
         if self.engine is not None:
-            result = await self.engine.undo.undo(entry_id, actor=self.reviewer)
+            result = await self.engine.undo.undo(entry_id, actor=self.reviewer, retry=retry)
         else:
-            result = await undo_entry(self.store, entry_id, actor=self.reviewer, clock=self.clock)
+            result = await undo_entry(
+                self.store, entry_id, actor=self.reviewer, clock=self.clock, retry=retry
+            )
         if not result.ok:
             raise Conflict(result.message)
         return result.message

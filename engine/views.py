@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlite_utils
 
+from engine.expressions import ExpressionError, has_expressions, render
+
 RUN_ENDED = ("succeeded", "failed", "cancelled")
 STEP_ENDED = ("succeeded", "failed", "skipped", "cancelled", "rejected")
 UNDO_SHORT = {
@@ -37,7 +39,6 @@ UNDO_BLOCKED = {
     "void": "the action did not happen: nothing to undo",
     "undoing": "being undone now",
     "undone": "already undone",
-    "failed": "the undo failed (see the error)",
     "not_undoable": "the step has no undo action",
 }
 """Undo entry statuses that cannot be undone, with the reason shown to the operator. Only
@@ -158,6 +159,17 @@ class RunView:
                 return s
         return None
 
+    def rendered_params(self, step: StepView) -> tuple[Any, bool]:
+        """The step's `with:` with its expressions filled in from the run's inputs and the
+        outputs of the steps it needs, and whether that worked (else the template)."""
+        if not has_expressions(step.params):
+            return step.params, True
+        outputs = {s.step_id: s.output for s in self.steps if s.status == "succeeded"}
+        try:
+            return render(step.params, {"inputs": self.inputs or {}, "steps": outputs}), True
+        except ExpressionError:
+            return step.params, False
+
 
 @dataclass(frozen=True, slots=True)
 class ReviewRow:
@@ -226,7 +238,7 @@ class UndoRow:
         reason = UNDO_BLOCKED.get(self.status)
         if reason is not None:
             return reason
-        if self.status != "done":
+        if self.status not in ("done", "failed"):  # a failed undo may be tried again
             return f"status is {self.status}"
         if self.expires_at is not None and self.expires_at <= now:
             return "the undo window has expired"

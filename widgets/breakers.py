@@ -23,6 +23,8 @@ class BreakerList(Static):
     BreakerList {
         height: auto;
         padding: 0 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
     }
     """
 

@@ -9,6 +9,9 @@ that skips columns goes through pass-through slots ("dummies"), one per source a
 shared by every long edge of that source. Slots in a column are ordered by a few barycenter
 sweeps to reduce crossings.
 
+A pass-through slot level with its source is entered straight on the exit row; otherwise it is
+entered on its first row and steps down a row at its left edge.
+
 `layout(nodes, widths)` computes positions once per graph shape; `draw(layout, selected)` routes
 the edges into a grid of (char, role) cells, where role is `edge`, `edge-in` (an edge into the
 selected node) or `edge-out` (out of it); where two lines only cross, the horizontal one is
@@ -213,10 +216,17 @@ def _order(layers: list[list[Slot]], segments: list[Segment], sweeps: int) -> No
             renumber(layer)
 
 
+def straight(seg: Segment) -> bool:
+    """A piece into a pass-through slot level with its source runs as one horizontal line."""
+    return seg.dst.dummy and seg.dst.index == seg.src.index
+
+
 def _assign_tracks(segments: Iterable[Segment], *, first_x: int) -> dict[str, int]:
     """One track per target; targets whose row spans are apart share a track."""
     spans: dict[str, list[int]] = {}
     for seg in segments:
+        if straight(seg):
+            continue
         rows = spans.setdefault(seg.dst.key, [seg.dst.entry_row, seg.dst.entry_row])
         rows[0] = min(rows[0], seg.src.exit_row)
         rows[1] = max(rows[1], seg.src.exit_row)
@@ -286,8 +296,11 @@ def draw(lay: Layout, selected: str | None = None) -> dict[tuple[int, int], tupl
                 role = "edge-out"
         src, dst = seg.src, seg.dst
         gx = lay.gutter_x[src.layer]
-        tx = lay.tracks[(dst.layer, dst.key)]
         arrow_x = lay.col_x[dst.layer] - 1
+        if straight(seg):
+            _hline(cells, src.exit_row, gx, arrow_x + 1, seg, role)
+            continue
+        tx = lay.tracks[(dst.layer, dst.key)]
         _hline(cells, src.exit_row, gx, tx, seg, role)
         _vline(cells, tx, src.exit_row, dst.entry_row, seg, role)
         _hline(cells, dst.entry_row, tx, arrow_x, seg, role)
@@ -306,8 +319,9 @@ def draw(lay: Layout, selected: str | None = None) -> dict[tuple[int, int], tupl
             )
             x0 = lay.col_x[slot.layer]
             x1 = x0 + lay.col_w[slot.layer]
-            _add(cells, x0, slot.entry_row, L | D, seg, role)
-            _add(cells, x0, slot.exit_row, U | R, seg, role)
+            if not (segs_in and straight(segs_in[0])):
+                _add(cells, x0, slot.entry_row, L | D, seg, role)
+                _add(cells, x0, slot.exit_row, U | R, seg, role)
             _hline(cells, slot.exit_row, x0, x1, seg, role)
     out = {xy: (_char(cell), cell.role) for xy, cell in cells.items()}
     for layer_index, layer in enumerate(lay.layers):

@@ -19,7 +19,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
 from textual.events import Click
-from textual.geometry import Region, Size
+from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -362,12 +362,25 @@ class DagView(ScrollView, can_focus=True):
             )
 
     def _scroll_to_selected(self) -> None:
+        """Bring the selection into view, with the column before it when that fits (the
+        steps it needs are then on screen too); nothing moves while it is visible."""
         lay = self._lay
         slot = lay.slots.get(self.selected or "") if lay else None
         if lay is None or slot is None:
             return
-        region = Region(lay.col_x[slot.layer], slot.entry_row, lay.col_w[slot.layer], 2)
-        self.scroll_to_region(region, animate=False, immediate=True, center=True)
+        width = self.scrollable_content_region.width
+        height = self.scrollable_content_region.height
+        x0 = lay.col_x[slot.layer]
+        x1 = x0 + lay.col_w[slot.layer]
+        sx, sy = int(self.scroll_x), int(self.scroll_y)
+        if x0 < sx or x1 > sx + width:
+            before = lay.col_x[slot.layer - 1] if slot.layer else 0
+            sx = before if x1 - before <= width else x0
+        y0 = slot.entry_row
+        if y0 < sy or y0 + 2 > sy + height:
+            sy = max(0, y0 - height // 3)
+        if (sx, sy) != (int(self.scroll_x), int(self.scroll_y)):
+            self.scroll_to(sx, sy, animate=False, immediate=True)
 
     def select(self, key: str) -> None:
         """Select a step (or the group holding it)."""

@@ -56,6 +56,8 @@ class EventLog(Widget):
     EventLog {
         height: 1fr;
         padding: 0 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
     }
     """
 

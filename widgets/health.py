@@ -2,7 +2,8 @@
 
 Fed an `engine.analytics.HealthReport` (or None before the first computation) through
 `show()`. The components (success, latency, breakers, reviews) are listed under the score
-with their points, and each one's one-line reason is in the tooltip.
+with a bar and their points; each one's one-line reason is in the tooltip, or in a third
+column with `detailed=True`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ class HealthScore(Static):
     }
     """
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None):
+    def __init__(
+        self, *, detailed: bool = False, id: str | None = None, classes: str | None = None
+    ):
         super().__init__("", id=id, classes=classes)
+        self.detailed = detailed
+        """Show each component's reason next to it."""
         self.report: Any = None
         """The HealthReport shown (None: not computed yet)."""
         self._shown = False
@@ -41,27 +46,31 @@ class HealthScore(Static):
         layout = not self._shown or (report is None) != (self.report is None)
         self._shown = True
         self.report = report
-        self.update(self._render_report(report), layout=layout)
+        self.update(self._render_report(report, self.detailed), layout=layout)
         self.tooltip = self._tooltip_for(report)
 
     @staticmethod
-    def _render_report(report: Any) -> Table | Text:
+    def _render_report(report: Any, detailed: bool = False) -> Table | Text:
         if report is None:
             return Text("health: computing…", style="dim")
-        grid = Table.grid(padding=(0, 1), expand=True)
+        grid = Table.grid(padding=(0, 1), expand=not detailed)
         grid.add_column(justify="left", no_wrap=True)
         grid.add_column(justify="right", no_wrap=True)
+        if detailed:
+            grid.add_column(justify="left")
         style = STATUS_STYLE.get(report.status, "bold")
         head = Text.assemble(
             (f"{report.score:.0f}", style), ("/100 ", "dim"), (report.status, style)
         )
-        grid.add_row(head, "")
+        grid.add_row(head, "", *([""] if detailed else []))
         for c in report.components:
-            bar = _bar(c.value, 8)
-            grid.add_row(
-                Text.assemble((f"{c.name:<9}", ""), bar),
+            cells = [
+                Text.assemble((f"{c.name:<9}", ""), _bar(c.value, 8)),
                 Text(f"{c.points:.0f}/{c.weight:.0f}", style="dim"),
-            )
+            ]
+            if detailed:
+                cells.append(plain(c.detail))
+            grid.add_row(*cells)
         return grid
 
     @staticmethod

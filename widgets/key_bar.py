@@ -22,6 +22,8 @@ class KeyBar(Widget):
         dock: bottom;
         height: 1;
         background: $panel;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
     }
     KeyBar > .keybar--key {
         color: $accent;

@@ -14,7 +14,18 @@ from typing import Any
 from rich.console import RenderableType
 from textual_plotext import PlotextPlot
 
+from widgets.text import millis
+
 LINES = (("p50_ms", "P50", "green"), ("p95_ms", "P95", "orange"), ("p99_ms", "P99", "red"))
+
+
+def nice_ticks(top: float, count: int = 4) -> list[float]:
+    """0 and `count` round steps (1, 2 or 5 x 10^n ms) reaching at least `top`."""
+    top = max(top, 1.0)
+    raw = top / count
+    magnitude = 10 ** len(str(int(raw))) / 10
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return [step * i for i in range(count + 1) if step * (i - 1) < top]
 
 
 class LatencyPlot(PlotextPlot):
@@ -77,5 +88,7 @@ class LatencyPlot(PlotextPlot):
         ticks = xs[::step]
         plt.xticks(ticks, [time.strftime("%H:%M", time.localtime(points[i][0])) for i in ticks])
         top = max((max(v or 0 for v in p[1:]) for p in points), default=0)
-        plt.ylim(0, max(1.0, top * 1.1))
+        ticks = nice_ticks(top)
+        plt.ylim(0, ticks[-1])
+        plt.yticks(ticks, [millis(t) if t else "0" for t in ticks])
         self.refresh()

@@ -41,6 +41,8 @@ class Column:
     justify: str = "left"
     max_width: int | None = None
     width: int = 0
+    expand: bool = False
+    """Takes the width left over (else the last column does)."""
 
 
 class LiveTable(ScrollView, can_focus=True):
@@ -133,8 +135,12 @@ class LiveTable(ScrollView, can_focus=True):
         key: str | None = None,
         justify: str = "left",
         max_width: int | None = None,
+        expand: bool = False,
     ) -> None:
-        self.columns.append(Column(label, key or label, justify, max_width))
+        self.columns.append(Column(label, key or label, justify, max_width, len(label), expand))
+        self.virtual_size = Size(self._total_width(), len(self._keys) + 1)
+        self._cache.pop(None, None)
+        self.refresh()
 
     @property
     def row_count(self) -> int:
@@ -193,7 +199,10 @@ class LiveTable(ScrollView, can_focus=True):
         widths = [c.width for c in self.columns]
         spare = width - sum(w + 2 for w in widths)
         if widths:
-            widths[-1] = max(0, widths[-1] + spare)  # the last column takes what is left
+            grow = next((i for i, c in enumerate(self.columns) if c.expand), len(widths) - 1)
+            if spare < 0:
+                grow = len(widths) - 1  # too narrow: the last column gives way first
+            widths[grow] = max(0, widths[grow] + spare)
         for i, col in enumerate(self.columns):
             cell = cells[i] if i < len(cells) else ""
             text = cell.copy() if isinstance(cell, Text) else Text(str(cell))

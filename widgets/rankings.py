@@ -34,7 +34,7 @@ class AgentRankings(LiveTable):
 
     def on_mount(self) -> None:
         self.add_column("#", key="rank")
-        self.add_column("agent", key="agent", max_width=20)
+        self.add_column("agent", key="agent", max_width=20, expand=True)
         self.add_column("success", key="success", justify="right")
         self.add_column("calls", key="calls", justify="right")
         self.add_column("P95", key="p95", justify="right")

@@ -196,7 +196,7 @@ class ReviewPanel(Vertical):
         table.add_column("#", key="id")
         table.add_column("waiting", key="age")
         table.add_column("run/step", key="step")
-        table.add_column("operation", key="operation")
+        table.add_column("operation", key="operation", expand=True)
         table.add_column("conf", key="confidence")
         table.add_column("left", key="left")
 

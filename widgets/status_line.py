@@ -25,6 +25,8 @@ class StatusLine(Static):
         height: 1;
         background: $panel;
         padding: 0 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
     }
     """
 

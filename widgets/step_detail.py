@@ -1,13 +1,15 @@
 """StepDetail: everything about the selected step of a run.
 
 Status, agent and operation, attempt n/m, duration or retry countdown, needs and dependents,
-the step's inputs (`with:`), its output, its error and every attempt. All data is shown
+the step's inputs (its `with:` filled in from the run's inputs and upstream outputs, or the
+template while those are missing), its output, its error and every attempt. All data is shown
 literally. Fed `engine.views.StepView` via `show()`; a collapsed group shows its members.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -21,7 +23,13 @@ from widgets.text import clock, duration, plain, status_text, to_json
 OUTPUT_LIMIT = 4000
 
 
-def step_renderable(step: StepView, dependents: Sequence[str], now: float) -> RenderableType:
+def step_renderable(
+    step: StepView,
+    dependents: Sequence[str],
+    now: float,
+    params: Any = None,
+    rendered: bool = False,
+) -> RenderableType:
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -48,8 +56,10 @@ def step_renderable(step: StepView, dependents: Sequence[str], now: float) -> Re
     )
     grid.add_row("needs", plain(", ".join(step.needs) or "-"))
     grid.add_row("needed by", plain(", ".join(dependents) or "-"))
-    if step.params is not None:
-        grid.add_row("inputs", plain(to_json(step.params, indent=2), limit=OUTPUT_LIMIT))
+    if rendered:
+        grid.add_row("inputs", plain(to_json(params, indent=2), limit=OUTPUT_LIMIT))
+    elif step.params is not None:
+        grid.add_row("with", plain(to_json(step.params, indent=2), limit=OUTPUT_LIMIT))
     if step.output is not None:
         grid.add_row(
             "output",
@@ -112,11 +122,13 @@ class StepDetail(VerticalScroll):
         now: float,
         *,
         members: Sequence[str] = (),
+        params: Any = None,
+        rendered: bool = False,
     ) -> None:
         live = step is not None and (
             step.status in ("running", "retrying") or (step.started_at and not step.ended_at)
         )
-        key = (step, tuple(dependents), tuple(members), int(now) if live else None)
+        key = (step, tuple(dependents), tuple(members), int(now) if live else None, params)
         if key == self._key:
             return
         self._key = key
@@ -131,4 +143,4 @@ class StepDetail(VerticalScroll):
         elif step is None:
             body.update(Text("select a step", style="dim"))
         else:
-            body.update(step_renderable(step, dependents, now))
+            body.update(step_renderable(step, dependents, now, params, rendered))

@@ -146,7 +146,7 @@ class UndoHistory(Vertical):
         t.add_column("#", key="id")
         t.add_column("when", key="when")
         t.add_column("run/step", key="step")
-        t.add_column("action", key="action")
+        t.add_column("undo does", key="action", expand=True)
         t.add_column("status", key="status")
         t.add_column("undo", key="left")
 

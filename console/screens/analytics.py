@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -17,19 +16,7 @@ from widgets.health import HealthScore
 from widgets.key_bar import KeyBar
 from widgets.latency_plot import LatencyPlot
 from widgets.rankings import AgentRankings
-from widgets.text import millis, percent, plain
-
-
-def components_table(report: Any) -> Table | Text:
-    if report is None:
-        return Text("computing…", style="dim")
-    table = Table(box=None, padding=(0, 1), header_style="bold dim", expand=True)
-    table.add_column("component", no_wrap=True)
-    table.add_column("points", justify="right", no_wrap=True)
-    table.add_column("why")
-    for c in report.components:
-        table.add_row(c.name, f"{c.points:.0f}/{c.weight:.0f}", plain(c.detail))
-    return table
+from widgets.text import millis, percent
 
 
 def totals_text(analytics: Any) -> Text:
@@ -68,8 +55,7 @@ class AnalyticsScreen(FlowdeckScreen):
         with Horizontal(id="an-top"):
             with Vertical(id="an-health", classes="panel") as p:
                 p.border_title = "health score"
-                yield HealthScore()
-                yield Static(id="an-components")
+                yield HealthScore(detailed=True)
                 yield Static(id="an-totals")
             with Vertical(id="an-agents", classes="panel") as p:
                 p.border_title = "agents · best first"
@@ -89,7 +75,6 @@ class AnalyticsScreen(FlowdeckScreen):
         analytics = snapshot.analytics
         health = getattr(analytics, "health", None)
         self.query_one(HealthScore).show(health)
-        self.query_one("#an-components", Static).update(components_table(health))
         self.query_one("#an-totals", Static).update(totals_text(analytics))
         self.query_one(AgentRankings).show(getattr(analytics, "rankings", None) or [])
         self.query_one(LatencyPlot).show(getattr(analytics, "series", None) or [])

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -42,6 +41,17 @@ class FlowdeckScreen(Screen):
     @property
     def fd_app(self) -> FlowdeckApp:
         return self.app  # type: ignore[return-value]
+
+    ready = False
+    """Composed and mounted: safe to show snapshots."""
+
+    @on(events.Mount)
+    def _mark_ready(self) -> None:
+        self.ready = True
+
+    @on(events.Unmount)
+    def _mark_gone(self) -> None:
+        self.ready = False
 
     def compose_status(self) -> ComposeResult:
         yield StatusLine(self.TITLE_TEXT)
@@ -143,20 +153,17 @@ class FlowdeckScreen(Screen):
             )
             return
         what = plain(entry.description or f"{entry.agent or ''} {entry.operation or ''}")
-        body = Group(
-            Text.assemble(
-                "Undo entry ", (f"#{entry.id}", "bold"), " of step ", plain(entry.step_id)
-            ),
-            what,
-            Text("This runs the compensating action now.", style="dim"),
-        )
-        if not await self.app.push_screen_wait(
-            ConfirmScreen("Undo this action?", body, yes="Undo")
-        ):
+        body = Text.assemble(
+            "Undo entry ", (f"#{entry.id}", "bold"), " of step ", plain(entry.step_id), ":\n",
+            what, "\n", ("This runs the compensating action now.", "dim"),
+        )  # fmt: skip
+        retry = entry.status == "failed"
+        title = "Try this undo again?" if retry else "Undo this action?"
+        if not await self.app.push_screen_wait(ConfirmScreen(title, body, yes="Undo")):
             return
         panel = next(iter(self.query(UndoHistory)), None)
         try:
-            result = await self.fd_app.operator.undo(entry.id)
+            result = await self.fd_app.operator.undo(entry.id, retry=retry)
         except Exception as e:
             self.report(e)
             if panel is not None:

@@ -118,7 +118,11 @@ class OverviewScreen(FlowdeckScreen):
             f"{shown} matching “{filt}”" if filt else f"newest {shown} of {total}"
         )
         self.query_one(ReviewPanel).show(snapshot.pending_reviews, snapshot.decided_reviews, now)
-        self.query_one("#reviews-panel").border_subtitle = f"{snapshot.pending_count} pending"
+        panel = self.query_one("#reviews-panel")
+        panel.border_subtitle = f"{snapshot.pending_count} pending"
+        height = max(5, min(len(snapshot.pending_reviews) + 4, 14))
+        if panel.styles.height is None or panel.styles.height.value != height:
+            panel.styles.height = height  # the queue takes what it needs, the runs the rest
         self.query_one(EventLog).show(snapshot.events)
 
     def apply_filter(self, text: str) -> None:

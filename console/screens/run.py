@@ -118,11 +118,14 @@ class RunScreen(FlowdeckScreen):
         step = dag.step_node(dag.selected)
         detail = self.query_one(StepDetail)
         detail.border_title = f"step {step.step_id}" if step else "step"
+        params, rendered = self.view.rendered_params(step) if step and self.view else (None, False)
         detail.show(
             step,
             self._dependents(step.step_id) if step else [],
             self._now,
             members=dag.members(dag.selected),
+            params=params,
+            rendered=rendered,
         )
 
     @on(DagView.StepSelected)
