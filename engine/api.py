@@ -32,8 +32,12 @@ from engine import __version__, control, openapi, queries, tokens
 from engine.analytics import AnalyticsSnapshot
 from engine.api_models import (
     AnalyticsQuery,
+    Decision,
     EventsQuery,
     Health,
+    Review,
+    ReviewList,
+    ReviewsQuery,
     RunCancelled,
     RunDetail,
     RunList,
@@ -319,6 +323,61 @@ async def list_workflows(call: Call) -> WorkflowList:
             )
         )
     return WorkflowList(workflows=out)
+
+
+# --------------------------------------------------------------------------- reviews
+
+
+@route(
+    "GET",
+    "/api/reviews",
+    summary="Reviews: pending ones (oldest first) or of any status",
+    query=ReviewsQuery,
+    response=ReviewList,
+    links={
+        "DecideReview": {
+            "operationId": "decide_review",
+            "parameters": {"id": "$response.body#/reviews/0/id"},
+        }
+    },
+)
+async def list_reviews(call: Call) -> ReviewList:
+    from engine import reviews
+
+    q: ReviewsQuery = call.query
+
+    def read(db: Any) -> list[dict[str, Any]]:
+        if q.status == "pending":
+            return reviews.pending_reviews(db, run_id=q.run_id, limit=q.limit)
+        status = None if q.status == "all" else q.status
+        return reviews.list_reviews(db, status=status, run_id=q.run_id, limit=q.limit)
+
+    return ReviewList.model_validate({"reviews": await call.state.store.aread(read)})
+
+
+@route(
+    "POST",
+    "/api/reviews/{id}/decision",
+    summary="Approve or reject a pending review (compare-and-set: one decision wins)",
+    body=Decision,
+    response=Review,
+    mutating=True,
+    errors=(409,),
+    path_params={"id": {"type": "integer", "minimum": 1}},
+)
+async def decide_review(call: Call) -> Review:
+    raw = call.path("id")
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18 and int(raw) > 0):
+        raise NotFound(f"no review '{raw[:80]}'")
+    body: Decision = call.body
+    try:
+        row = await call.state.engine.decide(
+            int(raw), body.decision, body.reviewer, body.comment, choice=body.choice
+        )
+    except InputError as e:  # worded for the CLI: name the body fields instead
+        text = str(e).replace("--choice", "choice")
+        raise ApiError(422, text if text.startswith("review ") else f"body.{text}") from None
+    return Review.model_validate(row)
 
 
 # --------------------------------------------------------------------------- undo

@@ -7,7 +7,7 @@ forbid unknown fields, so a typo is a 422 naming the field instead of being igno
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -213,6 +213,91 @@ class EventOut(_Response):
     run_id: str | None = None
     step_id: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- reviews
+
+REVIEW_STATUSES = ("pending", "approved", "rejected", "expired", "cancelled", "all")
+
+
+class ReviewsQuery(_Request):
+    """Query of `GET /api/reviews`."""
+
+    status: Literal["pending", "approved", "rejected", "expired", "cancelled", "all"] = "pending"
+    """Reviews with this status (`all`: every status, newest first; `pending`: oldest first)."""
+    run_id: str | None = Field(default=None, pattern=RUN_ID_PATTERN)
+    """Only reviews of this run."""
+    limit: int = Field(default=100, ge=1, le=1000)
+    """At most this many."""
+
+
+class Preference(_Response):
+    """Learned-approval state of a review's operation pattern."""
+
+    state: str
+    approvals: int | None = None
+    rejections: int | None = None
+
+
+class Review(_Response):
+    """A review: what a reviewer needs to decide and, once decided, who decided what."""
+
+    id: int
+    run_id: str
+    step_id: str
+    kind: str
+    """gate, route or crash_check."""
+    status: str
+    """pending, approved, rejected, expired or cancelled."""
+    created_at: float
+    workflow: str | None = None
+    description: str | None = None
+    agent: str | None = None
+    operation: str | None = None
+    """What the step does, e.g. `POST /pulls/*/close`."""
+    pattern: str | None = None
+    """Operation pattern decisions are learned against."""
+    destructive: bool = False
+    learn: bool = True
+    params: Any = None
+    """The step's rendered `with`."""
+    upstream: Any = None
+    """Upstream outputs the parameters use."""
+    reason: str | None = None
+    confidence: float | None = None
+    candidates: Any = None
+    """Route reviews: every candidate with its score."""
+    expires_at: float | None = None
+    on_timeout: str | None = None
+    timeout: float | None = None
+    choice: str | None = None
+    decided_at: float | None = None
+    reviewer: str | None = None
+    comment: str | None = None
+    auto: bool = False
+    """Decided automatically (learned approval or timeout)."""
+    overdue: bool | None = None
+    """Pending past its deadline (pending reviews only)."""
+    preference: Preference | None = None
+    """Learned-approval state of its pattern (pending reviews only)."""
+
+
+class ReviewList(_Response):
+    """Response of `GET /api/reviews`."""
+
+    reviews: list[Review]
+
+
+class Decision(_Request):
+    """Body of `POST /api/reviews/{id}/decision`."""
+
+    decision: Literal["approve", "reject"]
+    comment: str | None = Field(default=None, max_length=4000)
+    """Why (stored with the decision)."""
+    reviewer: str = Field(default="api", min_length=1, max_length=100)
+    """Who decides (`preference`, `timeout` and `engine` are reserved)."""
+    choice: str | None = Field(default=None, min_length=1, max_length=200)
+    """Route reviews: the candidate to take (with approve)."""
 
 
 # --------------------------------------------------------------------------- undo

@@ -229,7 +229,7 @@ async def test_workflows_listing(api):
     status, body = await api.get("/api/workflows")
     assert status == 200
     by_name = {w["name"]: w for w in body["workflows"]}
-    assert set(by_name) == {"hello", "quick", "slow", "flaky", "broken", "rmfile"}
+    assert set(by_name) == {"hello", "quick", "slow", "flaky", "broken", "rmfile", "gated"}
     assert by_name["hello"]["inputs"]["who"] == {
         "type": "string",
         "required": True,
@@ -350,6 +350,8 @@ async def test_openapi_document_is_generated_from_the_models(api):
         ("GET", "/api/undo"),
         ("POST", "/api/undo/{id}"),
         ("GET", "/api/analytics"),
+        ("GET", "/api/reviews"),
+        ("POST", "/api/reviews/{id}/decision"),
     }
     assert design <= routes
     served = {(r.method, r.path) for r in api_module.ROUTES}

@@ -24,7 +24,7 @@ MIN_REQUESTS = 500
 
 CONFIG = """
 [dictionaries.workflows]
-values = ["quick", "hello", "flaky", "broken", "nope"]
+values = ["quick", "hello", "flaky", "gated", "broken", "nope"]
 
 [[operations]]
 include-operation-id = "start_run"

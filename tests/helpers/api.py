@@ -67,6 +67,16 @@ steps:
   bad: {{agent: py, retry: {{attempts: 3, backoff: immediate}}, with: {{call: "{STEPS}:boom"}}}}
 """,
     "broken.yaml": "name: broken\nsteps:\n  a: {agent: nope}\n",
+    "gated.yaml": f"""
+name: gated
+agents:
+  py: {{kind: python}}
+steps:
+  ask:
+    agent: py
+    review: {{when: always, reason: "look before it runs"}}
+    with: {{call: "{STEPS}:echo", args: {{value: "went ahead"}}}}
+""",
     "rmfile.yaml": """
 name: rmfile
 inputs:
