@@ -156,6 +156,8 @@ class StepState:
     has_expr: bool
     attempt_base: int = 0
     """Attempts made before a resume (numbers continue from here)."""
+    started: bool = False
+    """Its task has begun running (a task cancelled before that never runs its handlers)."""
     attempt: int = 0
     output: Any = None
     started_at: float | None = None
@@ -179,6 +181,12 @@ class StepState:
     @property
     def max_attempts(self) -> int:
         return self.attempt_base + self.policy.attempts
+
+
+def _task_started(st: StepState) -> bool:
+    """The step's task is running its body (a task not started yet is cancelled by marking the
+    step ended: it then returns at its first line; cancelling it would skip its handlers)."""
+    return st.task is not None and not st.task.done() and st.started
 
 
 class RunExecution:
@@ -359,7 +367,10 @@ class RunExecution:
             st.slot_waiter = None  # if cancelled before granted, the heap entry is skipped
 
     async def _run_step(self, st: StepState) -> None:
+        st.started = True
         try:
+            if st.status.ended:  # cancelled between its launch and now: nothing to do
+                return
             if st.spec.route is not None:
                 output = await self.engine.router.run(self, st)
             else:
@@ -585,11 +596,11 @@ class RunExecution:
         self.cancelling = True
         self.error = self.error or reason
         for st in self.steps.values():
-            if st.status in (StepStatus.PENDING, StepStatus.READY):
+            if _task_started(st):  # its own handlers record the cancel (hooks included)
+                st.task.cancel()  # type: ignore[union-attr]
+            elif st.status in (StepStatus.PENDING, StepStatus.READY):
                 st.error, st.error_class = reason, ErrorClass.CANCELLED.value
                 self._set(st, StepStatus.CANCELLED)
-            elif st.task is not None and not st.task.done():
-                st.task.cancel()
         self._check_done()
 
     def interrupt(self) -> None:
@@ -624,8 +635,8 @@ class RunExecution:
         st = self.steps.get(step_id)
         if st is None or st.status.ended:
             return False
-        if st.task is not None and not st.task.done():
-            st.task.cancel()
+        if _task_started(st):
+            st.task.cancel()  # type: ignore[union-attr]
         elif st.status in (StepStatus.PENDING, StepStatus.READY):
             st.error, st.error_class = "cancelled by operator", ErrorClass.CANCELLED.value
             self._set(st, StepStatus.CANCELLED)

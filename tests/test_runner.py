@@ -415,3 +415,33 @@ async def test_cancel_step_of_a_running_step_skips_its_dependents_and_ends_the_r
     assert status is RunStatus.FAILED
     assert statuses(store, run.run_id) == {"slow": "cancelled", "after": "skipped"}
     assert "slow cancelled" in run.error
+
+
+async def test_cancel_right_after_submit_never_runs_the_step(engine, store, caplog):
+    """A step launched but not started when the run is cancelled ends `cancelled` cleanly
+    (its task returns at once; no illegal transition, no slot left taken)."""
+    helper_steps.CALLS.clear()
+    run = await engine.submit(wf({"a": py("record", args={"name": "a"}), "b": py("noop", ["a"])}))
+    assert run.steps["a"].task is not None and not run.steps["a"].started
+    run.cancel()
+    assert await asyncio.wait_for(run.wait(), 10) is RunStatus.CANCELLED
+    assert statuses(store, run.run_id) == {"a": "cancelled", "b": "cancelled"}
+    assert helper_steps.CALLS == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert engine._active == 0
+
+
+async def test_cancel_while_a_review_gate_opens(engine, store, caplog):
+    """The step's task has started (its gate is writing the review, status still `ready`): the
+    cancel goes through the task, so the gate never moves a cancelled step."""
+    run = await engine.submit(
+        wf({"a": py("noop", review={"when": "always"}), "b": py("noop", ["a"])})
+    )
+    st = run.steps["a"]
+    while not st.started:
+        await asyncio.sleep(0)
+    assert st.status is StepStatus.READY
+    run.cancel()
+    assert await asyncio.wait_for(run.wait(), 10) is RunStatus.CANCELLED
+    assert statuses(store, run.run_id) == {"a": "cancelled", "b": "cancelled"}
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
