@@ -33,6 +33,10 @@ def test_every_example_is_valid_and_in_the_demo(cli) -> None:
     assert result.code == 0, result.stderr
     assert examples_dir() == ROOT / "examples"
     assert sorted(WORKFLOWS) == [p.name for p in EXAMPLES]
+    # a channel name in a description survives YAML (an unquoted " #" starts a comment)
+    spec = load_workflow(ROOT / "examples" / "incident-broadcast.yaml")
+    assert spec.steps["post_alerts"].description == "Post the update to #alerts"
+    assert spec.steps["post_alerts"].undo.description == "Delete the update in #alerts"
 
 
 async def test_bind_points_demo_agents_at_the_running_service() -> None:

@@ -79,10 +79,10 @@ class DemoOptions:
         return ServiceConfig(
             seed=self.seed,
             latency_scale=0.15 if self.fast else 1.0,
-            error_rate=0.03,
-            rate_limit_rate=0.04,
+            error_rate=0.02,
+            rate_limit_rate=0.03,
             retry_after=0.3 if self.fast else 1.0,
-            llm_malformed_rate=0.03,
+            llm_malformed_rate=0.02,
             outage=outage if self.outage else None,
             pull_requests=300,
         )

@@ -20,7 +20,7 @@ from console.demo.logs import route_logs
 from console.demo.session import DemoOptions, DemoSession
 from engine.errors import InputError
 
-CONSOLE_HABITS = Habits(delay=(15.0, 40.0), undo_every=5, undo_delay=(5.0, 20.0))
+CONSOLE_HABITS = Habits(delay=(8.0, 25.0), undo_every=5, undo_delay=(5.0, 20.0))
 """Under the console the simulated operator takes its time, so that pending reviews stay on
 screen and a person can decide them first (whoever decides first wins)."""
 
