@@ -181,6 +181,10 @@ class Breakers:
                 self._apply(b, row)
         return b
 
+    def any_open(self) -> bool:
+        """Whether some breaker of this engine is open or half-open."""
+        return any(b.state is not BreakerState.CLOSED for b in self.by_key.values())
+
     # ------------------------------------------------------------------ the call path
 
     def admit(

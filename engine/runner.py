@@ -945,6 +945,7 @@ class Engine:
     ) -> RunExecution:
         """Create a run (committed before this returns) and start it."""
         inputs = dict(inputs or {})
+        await self._refresh_breakers()
         run_id = new_run_id()
         run = RunExecution(self, run_id, spec, inputs)
         now = self.clock()
@@ -1021,6 +1022,7 @@ class Engine:
             )
         spec = WorkflowSpec.model_validate_json(row["spec"])
         inputs = json.loads(row["inputs"])
+        await self._refresh_breakers()
 
         def read_state(db: Any) -> tuple[dict, dict, dict]:
             steps = {
@@ -1084,7 +1086,7 @@ class Engine:
             run._write_step(st)
             self.events.emit(
                 "step.waiting_review", run_id, st.id, review_id=st.review_id,
-                kind=recovery.CRASH_CHECK,
+                review_kind=recovery.CRASH_CHECK,
             )  # fmt: skip
         decided: list[tuple[StepState, dict]] = []
         for sid, review in checks.items():
@@ -1253,6 +1255,12 @@ class Engine:
         for st in run.steps.values():
             if st.review_id is not None:
                 self._crash_waits.pop(st.review_id, None)
+
+    async def _refresh_breakers(self) -> None:
+        """Re-read the breakers table when a circuit is not closed here: another process may
+        have reset it while no run of this engine was polling."""
+        if self.breakers.any_open():
+            self.breakers.load(await self.store.aread(Breakers.read_rows))
 
     def agent_budget(self, agent_id: str, spec: RetryBudgetSpec | None) -> RetryBudget:
         """The retry budget of an agent (settings of the first run that used it)."""
