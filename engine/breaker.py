@@ -19,7 +19,8 @@ service (`Agent.endpoint()`), so every agent pointing at a host that is down sto
 A breaker shared by several agents takes the settings of the first one that used it.
 
 Each transition is written to `breakers` (state, consecutive failures, trial successes,
-opened_at, updated_at, `detail` JSON with the reason and `retry_at`) and emitted as a
+opened_at, updated_at, `detail` = the reason in words, `retry_at` = end of the cool-down) and
+emitted as a
 `breaker.opened` / `breaker.half_open` / `breaker.closed` event, so another process sees it;
 the engine loads the table on start (a restart keeps open circuits open) and re-reads it when
 the database changed, which is how an operator's `flowdeck breakers reset KEY` or another
@@ -49,10 +50,11 @@ if TYPE_CHECKING:
 DEFAULT_SPEC = BreakerSpec()
 
 BREAKER_UPSERT = (
-    "INSERT INTO breakers(key, agent, state, failures, successes, opened_at, updated_at, detail) "
-    "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET agent=excluded.agent, "
+    "INSERT INTO breakers(key, agent, state, failures, successes, opened_at, updated_at, detail, "
+    "retry_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET agent=excluded.agent, "
     "state=excluded.state, failures=excluded.failures, successes=excluded.successes, "
-    "opened_at=excluded.opened_at, updated_at=excluded.updated_at, detail=excluded.detail"
+    "opened_at=excluded.opened_at, updated_at=excluded.updated_at, detail=excluded.detail, "
+    "retry_at=excluded.retry_at"
 )
 
 
@@ -323,7 +325,6 @@ class Breakers:
 
     def _write(self, b: Breaker) -> None:
         b.updated_at = self.clock()
-        detail = {"reason": b.reason, "retry_at": b.retry_at(), "cooldown": b.spec.cooldown}
         self.store.execute(
             BREAKER_UPSERT,
             (
@@ -334,7 +335,8 @@ class Breakers:
                 b.trial_successes,
                 b.opened_at,
                 b.updated_at,
-                json.dumps(detail, separators=(",", ":")),
+                b.reason,
+                b.retry_at(),
             ),
         )
 
@@ -354,16 +356,12 @@ class Breakers:
             state = BreakerState(row["state"])
         except ValueError:
             return
-        try:
-            detail = json.loads(row["detail"] or "{}")
-        except ValueError:
-            detail = {}
         b.state = state
         b.consecutive = row["failures"] or 0
         b.trial_successes = row["successes"] or 0
         b.opened_at = row["opened_at"]
         b.updated_at = row["updated_at"] or 0.0
-        b.reason = detail.get("reason") if isinstance(detail, dict) else None
+        b.reason = row["detail"]
         if state is BreakerState.CLOSED:
             b.calls = SlidingCount(b.spec.window)
             b.failed = SlidingCount(b.spec.window)
@@ -377,19 +375,13 @@ class Breakers:
 
 
 def list_breakers(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Every breaker row, open ones first, with `detail` decoded."""
-    rows = list(
+    """Every breaker row, open ones first."""
+    return list(
         db.query(
             "SELECT * FROM breakers ORDER BY CASE state WHEN 'open' THEN 0 "
             "WHEN 'half_open' THEN 1 ELSE 2 END, key"
         )
     )
-    for r in rows:
-        try:
-            r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
-        except ValueError:
-            r["detail"] = {"raw": r["detail"]}
-    return rows
 
 
 def reset_breaker(db: sqlite_utils.Database, key: str, *, now: float, by: str = "operator") -> bool:
@@ -398,11 +390,10 @@ def reset_breaker(db: sqlite_utils.Database, key: str, *, now: float, by: str = 
     row = next(iter(db.query("SELECT state FROM breakers WHERE key = ?", [key])), None)
     if row is None:
         return False
-    detail = json.dumps({"reason": f"reset by {by}", "retry_at": None}, separators=(",", ":"))
     db.execute(
         "UPDATE breakers SET state='closed', failures=0, successes=0, opened_at=NULL, "
-        "updated_at=?, detail=? WHERE key=?",
-        (now, detail, key),
+        "retry_at=NULL, updated_at=?, detail=? WHERE key=?",
+        (now, f"reset by {by}", key),
     )
     db.execute(
         "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?, NULL, NULL, ?, ?)",

@@ -261,7 +261,8 @@ async def test_another_process_sees_and_resets_it(service, engine, store, db_pat
         ("agent:svc", "open"),
         (host_key(service), "open"),
     ]
-    assert listed[0]["detail"]["reason"].startswith("2 failures in a row")
+    assert listed[0]["detail"].startswith("2 failures in a row")
+    assert listed[0]["retry_at"] == pytest.approx(listed[0]["opened_at"] + 30)
     text = run_cli("breakers", "--db", str(db_path)).stdout
     assert "agent:svc" in text and "open" in text
 

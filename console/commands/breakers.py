@@ -43,8 +43,7 @@ def cmd_breakers(args: argparse.Namespace, settings: Settings) -> int:
     for col in ("KEY", "AGENT", "STATE", "FAILURES", "OPENED", "NEXT TRIAL", "REASON"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        detail = r["detail"] if isinstance(r["detail"], dict) else {}
-        retry_at = detail.get("retry_at")
+        retry_at = r["retry_at"]
         state = r["state"]
         table.add_row(
             output.safe(r["key"]),
@@ -53,7 +52,7 @@ def cmd_breakers(args: argparse.Namespace, settings: Settings) -> int:
             str(r["failures"]),
             output.ts(r["opened_at"]),
             output.ts(retry_at) if retry_at else "",
-            output.safe((detail.get("reason") or "")[:80]),
+            output.safe((r["detail"] or "")[:80]),
         )
     output.stdout.print(table)
     return 0
