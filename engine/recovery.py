@@ -16,20 +16,22 @@ The attempt that was in flight is kept as a row with status `interrupted`
 saying the attempt starts is committed before the call (`needs_durable_start`), so a crash can
 never hide a call that was made.
 
-A `crash_check` review is a row of `reviews` with `kind = 'crash_check'`; its decision:
+A `crash_check` review is a row of `reviews` with `kind = 'crash_check'` and candidates
+`rerun` / `done`, opened and waited on through `engine.reviews` like any gate (so `flowdeck
+reviews`, `flowdeck approve/reject`, the console and the HTTP API all see and decide it); its
+decision (engine/crash_check.py applies it):
 
 - approve (choice `rerun`, the default): it did not happen, or repeating is fine: run it again;
-- approve with choice `done`: it happened: the step succeeds with output `{}` and the run goes on;
+- approve with choice `done`: it happened: the step succeeds with output `{}` and the run goes on
+  (an undo entry of it stays `prepared`; `flowdeck undo` re-checks such entries);
 - reject: do not repeat it: the step ends `rejected` (dependents skipped, run fails unless
   the step is optional).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from engine.errors import Conflict, InputError, NotFound
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -84,48 +86,15 @@ def question(step_id: str, operation: str | None, attempt: int, why: str) -> str
 # --------------------------------------------------------------------------- review rows
 
 
-def open_crash_check(
-    db: sqlite_utils.Database,
-    *,
-    run_id: str,
-    step_id: str,
-    agent: str | None,
-    operation: str | None,
-    params: dict[str, Any],
-    reason: str,
-    now: float,
-) -> int:
-    """The pending crash_check review of this step (created if there is none). Run it inside
-    `store.run`."""
-    row = next(
-        iter(
-            db.query(
-                "SELECT id FROM reviews WHERE run_id=? AND step_id=? AND kind=? AND "
-                "status='pending' ORDER BY id DESC LIMIT 1",
-                [run_id, step_id, CRASH_CHECK],
-            )
-        ),
-        None,
-    )
-    if row is not None:
-        return row["id"]
-    cur = db.execute(
-        "INSERT INTO reviews(run_id, step_id, kind, status, created_at, agent, operation, "
-        "params, reason, candidates) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (
-            run_id,
-            step_id,
-            CRASH_CHECK,
-            "pending",
-            now,
-            agent,
-            operation,
-            json.dumps(params, default=str),
-            reason,
-            json.dumps(list(CHOICES)),
-        ),
-    )
-    return int(cur.lastrowid)
+@dataclass(slots=True, frozen=True)
+class CrashQuestion:
+    """What resume asks the operator about one step (engine/crash_check.py asks it)."""
+
+    reason: str
+    """The question, shown to the reviewer."""
+    reuse: bool
+    """Wait on the step's existing crash_check review (asked by an earlier resume) instead of
+    opening a new one."""
 
 
 def latest_crash_checks(db: sqlite_utils.Database, run_id: str) -> dict[str, dict[str, Any]]:
@@ -134,48 +103,3 @@ def latest_crash_checks(db: sqlite_utils.Database, run_id: str) -> dict[str, dic
         "SELECT * FROM reviews WHERE run_id=? AND kind=? ORDER BY id", [run_id, CRASH_CHECK]
     )
     return {r["step_id"]: r for r in rows}
-
-
-def decide(
-    db: sqlite_utils.Database,
-    review_id: int,
-    *,
-    approve: bool,
-    choice: str | None,
-    reviewer: str,
-    comment: str | None,
-    now: float,
-) -> dict[str, Any]:
-    """Compare-and-set decision of a crash_check review (run inside `store.run`); the engine
-    owning the run applies it. Raises NotFound, InputError (bad choice) or Conflict (already
-    decided)."""
-    row = next(iter(db.query("SELECT * FROM reviews WHERE id=?", [review_id])), None)
-    if row is None or row["kind"] != CRASH_CHECK:
-        raise NotFound(f"no crash_check review {review_id}")
-    if choice is not None and (not approve or choice not in CHOICES):
-        raise InputError(
-            f"review {review_id}: choice must be one of {', '.join(CHOICES)} (with approve)"
-        )
-    status = "approved" if approve else "rejected"
-    n = db.execute(
-        "UPDATE reviews SET status=?, choice=?, reviewer=?, comment=?, decided_at=? "
-        "WHERE id=? AND status='pending'",
-        (status, (choice or RERUN) if approve else None, reviewer, comment, now, review_id),
-    ).rowcount
-    if n != 1:
-        raise Conflict(
-            f"review {review_id} already {row['status']}"
-            + (f" by {row['reviewer']}" if row["reviewer"] else "")
-        )
-    db.execute(
-        "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?,?,?,?,?)",
-        (
-            now,
-            row["run_id"],
-            row["step_id"],
-            f"review.{status}",
-            json.dumps({"review_id": review_id, "kind": CRASH_CHECK, "choice": choice,
-                        "reviewer": reviewer}),
-        ),
-    )  # fmt: skip
-    return dict(row, status=status, choice=(choice or RERUN) if approve else None)

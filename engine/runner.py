@@ -151,7 +151,8 @@ class StepHook:
 
     For each step the engine asks every hook in `Engine.hooks` whether it `applies` (keep that
     cheap: it runs for every step); `before` runs in order and may change the rendered params
-    or raise `StepError` (e.g. `ErrorClass.REJECTED`); after the action `after` runs in reverse
+    or raise `StepError` (e.g. `ErrorClass.REJECTED`), or raise `SkipAction(output)` to end the
+    step with that output and no action; after the action `after` runs in reverse
     order and may replace the output; if anything fails after a hook's `before`, its `failed`
     runs (CancelledError included) and the error propagates.
     """
@@ -169,6 +170,15 @@ class StepHook:
 
     async def failed(self, run: RunExecution, st: StepState, error: BaseException) -> None:
         return None
+
+
+class SkipAction(Exception):
+    """Raised by a hook's `before` to end the step `succeeded` with `output` without acting
+    (e.g. the operator said a step found in flight after a crash had already happened)."""
+
+    def __init__(self, output: Any):
+        super().__init__("action skipped")
+        self.output = output
 
 
 class LocalExecutor:
@@ -222,8 +232,8 @@ class StepState:
     """Resolved by the dispatcher when a step that gave its slots back gets them again."""
     in_flight: bool = False
     """An attempt's call is under way (its outcome is not known yet)."""
-    review_id: int | None = None
-    """The crash_check review this step waits for after a resume."""
+    crash_check: recovery.CrashQuestion | None = None
+    """Set by resume: ask the operator (a `crash_check` review) before acting again."""
 
     @property
     def max_attempts(self) -> int:
@@ -486,18 +496,27 @@ class RunExecution:
         ctx = self.context_of(agent)
         st.operation = agent.operation(params)
         entered: list[StepHook] = []
+        skip: SkipAction | None = None
         try:
             for hook in self.engine.hooks:
                 if hook.applies(self, st):
-                    params = await hook.before(self, st, agent, params)
+                    try:
+                        params = await hook.before(self, st, agent, params)
+                    except SkipAction as e:
+                        skip = e
+                        break
                     entered.append(hook)
-            output = await run_with_retries(
-                st.policy,
-                lambda n: self._attempt(st, ctx, params, n),
-                on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
-                sleep=lambda seconds: self._backoff(st, seconds),
-                allow=lambda err: self._allow_retry(ctx, err),
-            )
+            if skip is not None:
+                st.output_json = None
+                output = skip.output
+            else:
+                output = await run_with_retries(
+                    st.policy,
+                    lambda n: self._attempt(st, ctx, params, n),
+                    on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
+                    sleep=lambda seconds: self._backoff(st, seconds),
+                    allow=lambda err: self._allow_retry(ctx, err),
+                )
         except BaseException as e:
             for hook in reversed(entered):
                 await hook.failed(self, st, e)
@@ -729,8 +748,6 @@ class RunExecution:
             if st.status in (StepStatus.PENDING, StepStatus.READY):
                 st.error, st.error_class = reason, ErrorClass.CANCELLED.value
                 self._set(st, StepStatus.CANCELLED)
-            elif st.review_id is not None and st.status is StepStatus.WAITING_REVIEW:
-                self._cancel_crash_check(st, reason)
             elif st.task is not None and not st.task.done():
                 st.task.cancel()
         self._check_done()
@@ -769,67 +786,12 @@ class RunExecution:
             return False
         if st.task is not None and not st.task.done():
             st.task.cancel()
-        elif st.status in (StepStatus.PENDING, StepStatus.READY) or st.review_id is not None:
-            if st.review_id is not None:
-                self._cancel_crash_check(st, "cancelled by operator")
-            else:
-                st.error, st.error_class = "cancelled by operator", ErrorClass.CANCELLED.value
-                self._set(st, StepStatus.CANCELLED)
+        elif st.status in (StepStatus.PENDING, StepStatus.READY):
+            st.error, st.error_class = "cancelled by operator", ErrorClass.CANCELLED.value
+            self._set(st, StepStatus.CANCELLED)
             self._skip_dependents(st)
             self._check_done()
         return True
-
-    # ------------------------------------------------------------------ crash checks
-
-    def wait_crash_check(self, st: StepState, review_id: int) -> None:
-        """Park `st` (found in flight by resume) until its crash_check review is decided."""
-        st.review_id = review_id
-        self.engine._crash_waits[review_id] = (self, st)
-
-    def resolve_crash_check(
-        self, st: StepState, status: str, choice: str | None, reviewer: str | None = None
-    ) -> bool:
-        """Apply the decision of the crash_check review `st` waits for (see engine/recovery.py)."""
-        if st.review_id is None or st.status is not StepStatus.WAITING_REVIEW or self.done.done():
-            return False
-        review_id = st.review_id
-        self.engine._crash_waits.pop(review_id, None)
-        st.review_id = None
-        who = f" by {reviewer}" if reviewer else ""
-        if status == "approved" and choice == "done":
-            self.events.emit(
-                "step.recovered", self.run_id, st.id, action="done", review_id=review_id,
-                reviewer=reviewer,
-            )  # fmt: skip
-            st.output_json = None
-            self._succeed(st, {})
-        elif status == "approved":
-            self.events.emit(
-                "step.recovered", self.run_id, st.id, action="rerun", review_id=review_id,
-                reviewer=reviewer,
-            )  # fmt: skip
-            st.attempt_base = st.attempt
-            self._make_ready(st)
-        else:
-            error = StepError(
-                f"in flight at a crash and not repeated: crash check {status}{who}",
-                ErrorClass.REJECTED,
-            )
-            self._fail(st, error, StepStatus.REJECTED)
-        self._check_done()
-        self.engine._dispatch()
-        return True
-
-    def _cancel_crash_check(self, st: StepState, reason: str) -> None:
-        review_id = st.review_id
-        st.review_id = None
-        self.engine._crash_waits.pop(review_id, None)
-        self.store.execute(
-            "UPDATE reviews SET status='cancelled', decided_at=? WHERE id=? AND status='pending'",
-            (self.engine.clock(), review_id),
-        )
-        st.error, st.error_class = reason, ErrorClass.CANCELLED.value
-        self._set(st, StepStatus.CANCELLED)
 
     async def wait(self) -> RunStatus:
         status = await asyncio.shield(self.done)
@@ -879,6 +841,11 @@ class Engine:
         self.router = Router(self)
         """Runs `route:` steps."""
         self.hooks.append(self.reviews)
+        from engine.crash_check import CrashCheck
+
+        self.crash_checks = CrashCheck(self)
+        """Asks about steps found in flight after a crash before they act again (first hook)."""
+        self.hooks.insert(0, self.crash_checks)
         self.undo = UndoHook(self)
         """The undo log of destructive steps and the undo API (`await engine.undo.undo(ID)`);
         keep it the last hook, nearest the action."""
@@ -891,7 +858,6 @@ class Engine:
         self._stopping = False
         self._background: list[asyncio.Task] = []
         self._poll_commands = poll_commands
-        self._crash_waits: dict[int, tuple[RunExecution, StepState]] = {}
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -989,7 +955,8 @@ class Engine:
 
         Succeeded steps keep their outputs and are not run again; attempt numbers continue.
         A step found in flight (its row still says `running`) is handled as engine/recovery.py
-        says: run again when that is safe, else parked on a `crash_check` review. Raises
+        says: run again when that is safe, else asked about first (a `crash_check` review
+        through `engine.reviews`, engine/crash_check.py). Raises
         NotFound, or Conflict when the run ended or an engine that is alive owns it (a lease
         not expired, held by a process that still exists).
         """
@@ -1047,10 +1014,7 @@ class Engine:
             output = json.loads(r["output"]) if r.get("output") else None
             if st_status is StepStatus.RUNNING:
                 in_flight.append(sid)
-                st_status = StepStatus.PENDING
-            elif st_status is StepStatus.WAITING_REVIEW and sid in checks:
-                pass  # parked on a crash_check review by an earlier resume
-            elif not st_status.ended:
+            if not st_status.ended:
                 st_status = StepStatus.PENDING
             states[sid] = StepState(
                 id=sid,
@@ -1074,40 +1038,27 @@ class Engine:
         run.status = status
         run.started_at = row["started_at"]
         self.events.emit("run.resumed", run_id, None, owner=self.owner, previous_owner=row["owner"])
-        asked: list[StepState] = []
         for sid in in_flight:
+            self._recover_in_flight(run, states[sid], rows[sid], started.get(sid) or now)
+        for sid, review in checks.items():
             st = states[sid]
-            if await self._recover_in_flight(run, st, rows[sid], started.get(sid) or now):
-                asked.append(st)
+            if st.crash_check is None and not st.status.ended:
+                # asked by an earlier resume: wait on that question (or use its answer)
+                st.crash_check = recovery.CrashQuestion(review["reason"] or "", reuse=True)
         for st in states.values():
             if st.status is StepStatus.PENDING:
                 self._write_pending(run, st)
-        for st in asked:
-            run._write_step(st)
-            self.events.emit(
-                "step.waiting_review", run_id, st.id, review_id=st.review_id,
-                review_kind=recovery.CRASH_CHECK,
-            )  # fmt: skip
-        decided: list[tuple[StepState, dict]] = []
-        for sid, review in checks.items():
-            st = states[sid]
-            if st.status is StepStatus.WAITING_REVIEW and st.review_id is None:
-                run.wait_crash_check(st, review["id"])
-                if review["status"] != "pending":
-                    decided.append((st, review))
         self.runs[run_id] = run
         if status is RunStatus.RUNNING:  # its engine died: same as interrupted
             run.status = RunStatus.INTERRUPTED
         run.start()
-        for st, review in decided:  # decided while no engine held the run
-            run.resolve_crash_check(st, review["status"], review["choice"], review["reviewer"])
         return run
 
-    async def _recover_in_flight(
+    def _recover_in_flight(
         self, run: RunExecution, st: StepState, row: dict[str, Any], started_at: float
-    ) -> bool:
+    ) -> None:
         """Record the lost attempt of a step found in flight and decide what to do with it
-        (engine/recovery.py). Returns True when it now waits for a crash_check review."""
+        (engine/recovery.py); a step to ask about gets its `crash_check` question."""
         try:
             agent = run.agent(st) if st.spec.agent in run.spec.agents else None
         except KeyError:  # an agent kind this engine does not know: ask, do not guess
@@ -1128,18 +1079,9 @@ class Engine:
         self.events.emit(
             "step.recovered", run.run_id, st.id, action=action, reason=why, attempt=st.attempt
         )
-        if action != recovery.ASK:
-            return False
-        reason = recovery.question(st.id, row.get("operation"), st.attempt, why)
-        review_id = await self.store.run(
-            lambda db: recovery.open_crash_check(
-                db, run_id=run.run_id, step_id=st.id, agent=st.spec.agent,
-                operation=row.get("operation"), params=params, reason=reason, now=self.clock(),
-            )
-        )  # fmt: skip
-        st.status = StepStatus.WAITING_REVIEW
-        run.wait_crash_check(st, review_id)
-        return True
+        if action == recovery.ASK:
+            reason = recovery.question(st.id, row.get("operation"), st.attempt, why)
+            st.crash_check = recovery.CrashQuestion(reason, reuse=False)
 
     async def resume_owned(self) -> list[RunExecution]:
         """Resume every unfinished run held under this engine's `owner` name (what `flowdeck
@@ -1252,9 +1194,6 @@ class Engine:
 
     def _forget(self, run: RunExecution) -> None:
         self.runs.pop(run.run_id, None)
-        for st in run.steps.values():
-            if st.review_id is not None:
-                self._crash_waits.pop(st.review_id, None)
 
     async def _refresh_breakers(self) -> None:
         """Re-read the breakers table when a circuit is not closed here: another process may
@@ -1284,8 +1223,8 @@ class Engine:
                 )
 
     async def _commands(self) -> None:
-        """Pick up what other processes wrote: commands for runs this engine owns, decisions of
-        crash_check reviews it waits for, breaker changes."""
+        """Pick up what other processes wrote: commands for runs this engine owns, breaker
+        changes."""
         last_version: int | None = None
         while True:
             await asyncio.sleep(COMMAND_POLL_SECONDS)
@@ -1298,15 +1237,8 @@ class Engine:
                 if version == last_version:
                     continue
                 last_version = version
-                rows, breakers, decided = await self.store.aread(self._poll_db)
+                rows, breakers = await self.store.aread(self._poll_db)
                 self.breakers.load(breakers)
-                for review in decided:
-                    waiting = self._crash_waits.get(review["id"])
-                    if waiting is not None:
-                        run, st = waiting
-                        run.resolve_crash_check(
-                            st, review["status"], review["choice"], review["reviewer"]
-                        )
                 for row in rows:
                     await self._handle_command(row)
             except asyncio.CancelledError:
@@ -1314,7 +1246,7 @@ class Engine:
             except Exception:
                 log.exception("command poll failed")
 
-    def _poll_db(self, db: Any) -> tuple[list[dict], list[dict], list[dict]]:
+    def _poll_db(self, db: Any) -> tuple[list[dict], list[dict]]:
         ids = list(self.runs)
         marks = ",".join("?" * len(ids))
         commands = list(
@@ -1323,18 +1255,7 @@ class Engine:
                 ids,
             )
         )
-        waits = list(self._crash_waits)
-        decided: list[dict] = []
-        if waits:
-            marks = ",".join("?" * len(waits))
-            decided = list(
-                db.query(
-                    f"SELECT id, status, choice, reviewer FROM reviews WHERE id IN ({marks}) "
-                    "AND status != 'pending'",
-                    waits,
-                )
-            )
-        return commands, Breakers.read_rows(db), decided
+        return commands, Breakers.read_rows(db)
 
     async def _handle_command(self, row: dict[str, Any]) -> None:
         def claim(db: Any) -> int:

@@ -94,17 +94,12 @@ def answer_crash_checks(db: Path, run_id: str, service: ServiceThread, log: list
 
 
 def decide(db: Path, review_id: int, *, choice: str | None) -> None:
-    from engine import recovery
-    from engine.store import Store
-
-    store = Store.open(db)
-    try:
-        store.run_sync(
-            lambda d: recovery.decide(d, review_id, approve=True, choice=choice,
-                                      reviewer="crash-test", comment=None, now=time.time())
-        )  # fmt: skip
-    finally:
-        store.close()
+    """`python -m console approve ID [--choice done]`, as an operator would."""
+    args = ["approve", str(review_id), "--as", "crash-test", "--db", str(db)]
+    if choice is not None:
+        args += ["--choice", choice]
+    res = run_cli(*args)
+    assert res.code == 0, res.stderr
 
 
 @pytest.mark.timeout(900)

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from console.demo.service import ServiceConfig
-from engine import recovery
+from engine import recovery, reviews
 from engine.agents.base import AgentResources, create
-from engine.errors import Conflict
 from engine.models import AgentSpec, RunStatus, StepSpec, WorkflowSpec
 from engine.runner import Engine
 from engine.store import Store
@@ -93,18 +92,12 @@ def pending_crash_check(db: Path, run_id: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def decide(db: Path, review_id: int, *, approve: bool, choice: str | None = None) -> dict:
-    """The operator's decision, made from this (another) process."""
-    store = Store.open(db)
-    try:
-        return store.run_sync(
-            lambda d: recovery.decide(
-                d, review_id, approve=approve, choice=choice, reviewer="ana", comment=None,
-                now=__import__("time").time(),
-            )
-        )  # fmt: skip
-    finally:
-        store.close()
+def decide(db: Path, review_id: int, *, approve: bool, choice: str | None = None):
+    """The operator's decision: `flowdeck approve|reject ID` in another process."""
+    args = ["approve" if approve else "reject", str(review_id), "--as", "ana", "--db", str(db)]
+    if choice is not None:
+        args += ["--choice", choice]
+    return run_cli(*args)
 
 
 # --------------------------------------------------------------------------- the rules
@@ -241,13 +234,15 @@ def test_killed_destructive_step_asks_and_rerun_does_it_once(service, tmp_path):
         assert review["step_id"] == "close"
         assert "was in flight (attempt 1)" in review["reason"]
         assert "destructive" in review["reason"]
-        assert step_status(db, "close")[1] == "waiting_review"
+        wait_for(lambda: step_status(db, "close")[1] == "waiting_review", what="waiting")
+        listed = run_cli("reviews", "--json", "--db", str(db)).json()
+        assert [(r["id"], r["kind"]) for r in listed["reviews"]] == [(review["id"], "crash_check")]
         # one owner at a time: a second resume while this one is alive is refused
         second = run_cli("resume", run_id, "--db", str(db))
         assert second.code == 4 and "alive" in second.stderr
         # not repeated while nobody answered
         assert not marker.exists()
-        decide(db, review["id"], approve=True)
+        assert decide(db, review["id"], approve=True).code == 0
         _out, err = resume.communicate(timeout=60)
     finally:
         if resume.poll() is None:
@@ -289,7 +284,8 @@ def test_killed_destructive_step_marked_done_is_not_repeated(service, tmp_path):
     resume = start("resume", run_id, "--db", str(db), cwd=tmp_path)
     try:
         review = wait_for(lambda: pending_crash_check(db, run_id), what="crash check")
-        decide(db, review["id"], approve=True, choice="done")
+        res = decide(db, review["id"], approve=True, choice="done")
+        assert res.code == 0, res.stderr
         _, err = resume.communicate(timeout=60)
     finally:
         if resume.poll() is None:
@@ -319,9 +315,10 @@ def test_rejected_crash_check_fails_the_run_and_decisions_survive_restarts(servi
     assert resume.returncode == 130, err
     assert pending_crash_check(db, run_id)["id"] == review["id"]  # still the same question
 
-    decide(db, review["id"], approve=False)  # answered while no engine holds the run
-    with pytest.raises(Conflict, match="already rejected"):
-        decide(db, review["id"], approve=True)
+    res = decide(db, review["id"], approve=False)  # answered while no engine holds the run
+    assert res.code == 0, res.stderr
+    again = decide(db, review["id"], approve=True)
+    assert again.code == 4 and "already decided by ana" in again.stderr
 
     res = run_cli("resume", run_id, "--db", str(db))
     assert res.code == 1, res.stderr
@@ -341,12 +338,8 @@ def test_crash_check_choice_is_checked(service, tmp_path):
     resume = start("resume", run_id, "--db", str(db), cwd=tmp_path)
     try:
         review = wait_for(lambda: pending_crash_check(db, run_id), what="crash check")
-        from engine.errors import InputError
-
-        with pytest.raises(InputError, match="choice must be one of rerun, done"):
-            decide(db, review["id"], approve=True, choice="maybe")
-        with pytest.raises(InputError):
-            decide(db, review["id"], approve=False, choice="done")
+        bad = decide(db, review["id"], approve=True, choice="maybe")
+        assert bad.code == 2 and "choose from rerun, done" in bad.stderr
         assert pending_crash_check(db, run_id) is not None
         res = run_cli("cancel", run_id, "--db", str(db))
         assert res.code == 0, res.stderr
@@ -393,14 +386,15 @@ async def test_forced_stop_with_destructive_step_in_flight_asks_on_resume(store,
     release.touch()
     async with Engine(store) as eng:
         resumed = await eng.resume(run.run_id)
-        assert resumed.steps["close"].status.value == "waiting_review"
-        review_id = resumed.steps["close"].review_id
+        while resumed.steps["close"].status.value != "waiting_review":
+            await asyncio.sleep(0.01)
+        [review] = await store.aread(
+            lambda db: list(db.query("SELECT id, kind FROM reviews WHERE status='pending'"))
+        )
+        assert review["kind"] == "crash_check"
         other = Store.open(db_path)  # the decision comes through the file
         try:
-            other.run_sync(
-                lambda d: recovery.decide(d, review_id, approve=True, choice=None,
-                                          reviewer="bo", comment="go", now=0)
-            )  # fmt: skip
+            await asyncio.to_thread(reviews.decide, other, review["id"], "approve", "bo", "go")
         finally:
             other.close()
         assert await asyncio.wait_for(resumed.wait(), 10) is RunStatus.SUCCEEDED

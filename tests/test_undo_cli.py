@@ -392,7 +392,7 @@ async def test_sigkill_then_resume_takes_the_entry_over(service, tmp_path):
     run_id = await run_and_kill(tmp_path, service, db, n, restore_undo(capture=True))
     [before_crash] = entries(db)
     # the destructive step was in flight: resume asks whether to run it again (a crash_check
-    # review, engine/recovery.py); the operator says yes (the step tolerates a repeat)
+    # review, engine/crash_check.py); the operator says yes (the step tolerates a repeat)
     resume = asyncio.ensure_future(acli("resume", run_id, "--db", str(db)))
     review_id = None
     for _ in range(1500):
@@ -406,15 +406,8 @@ async def test_sigkill_then_resume_takes_the_entry_over(service, tmp_path):
             break
         await asyncio.sleep(0.02)
     assert review_id is not None, "resume did not ask about the step in flight"
-    from engine import recovery
-
-    with Store.open(db) as s:
-        s.run_sync(
-            lambda d: recovery.decide(
-                d, review_id, approve=True, choice=None, reviewer="ana", comment=None,
-                now=time.time(),
-            )
-        )  # fmt: skip
+    res = await acli("approve", str(review_id), "--as", "ana", "--db", str(db))
+    assert res.code == 0, res.stderr
     res = await resume
     assert res.code == 0, res.stderr
     [e] = entries(db)  # the same entry, taken over, now done
