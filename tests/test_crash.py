@@ -53,7 +53,7 @@ steps:
              with: {{method: POST, path: /channels/releases/messages, json: {{text: done}}}}}}
   verify: {{agent: tracker, needs: [announce], with: {{path: /issues}}}}
 """
-LATENCY_MAX_MS = 1500
+LATENCY_MAX_MS = 800
 MUTATING = ("ticket", "close", "prune", "comment", "announce")
 DESTRUCTIVE = ("close", "prune")
 
@@ -136,11 +136,11 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
                 outcomes.append(f"#{i} killed {when}: before the run existed")
                 continue
             run_id = runs[0]["id"]
-            settle(service)
             at_kill = {
                 r["step_id"]: r["status"]
                 for r in query(db, "SELECT step_id, status FROM steps WHERE run_id=?", (run_id,))
             }
+            # calls of steps that had succeeded are complete: their counts are final already
             counts_at_kill = {k: c["count"] for k, c in per_key(service).items()}
             in_flight = sorted(s for s, st in at_kill.items() if st in ("running", "retrying"))
             done_before = sorted(s for s, st in at_kill.items() if st == "succeeded")
