@@ -303,6 +303,10 @@ def test_which_agents_get_a_breaker(store):
         "host:api.example.com:443",
     ]
     assert guards("off", kind="http", base_url="http://x:81", breaker={"enabled": False}) == []
+    assert guards("llm", kind="llm", base_url="http://127.0.0.1:9/v1", model="m") == [
+        "agent:llm",
+        "host:127.0.0.1:9",
+    ]
 
 
 def test_bad_breaker_settings_are_reported_with_their_place(tmp_path):
