@@ -11,7 +11,6 @@ from rich.text import Text
 
 from console import output
 from console.commands.common import open_store
-from engine.breaker import list_breakers, reset_breaker
 from engine.config import Settings
 from engine.errors import NotFound
 
@@ -31,6 +30,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_breakers(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.breaker import list_breakers  # imported on use: keeps every command quick
+
     with open_store(settings) as store:
         rows = store.read(list_breakers)
     if args.json:
@@ -59,6 +60,8 @@ def cmd_breakers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.breaker import reset_breaker
+
     with open_store(settings) as store:
         key = args.key
         ok = store.run_sync(lambda db: reset_breaker(db, key, now=time.time(), by=args.who))
