@@ -10,7 +10,11 @@ layer before) and a chain of 200. For each shape:
 Prints wall time, µs/step overhead over bare asyncio, steps/s, the ratio engine/bare+db,
 peak RSS, and the time from process start to the first step of `flowdeck run` (a subprocess).
 
-    python bench/engine_overhead.py [--repeat 5]
+Retry scheduling: the 50x20 shape with `retry: {attempts: 1}` against `retry: {attempts: 4,
+backoff: exponential, jitter: true}` when no step fails, runs interleaved; the second must cost
+at most 5% more (`--retry-only` runs just this comparison).
+
+    python bench/engine_overhead.py [--repeat 5] [--retry-only]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from engine.store import Store  # noqa: E402
 SHAPES = {"10x10": (10, 10), "50x20": (50, 20), "chain200": (200, 1)}
 
 
-def layered(layers: int, width: int) -> WorkflowSpec:
+def layered(layers: int, width: int, retry: dict | None = None) -> WorkflowSpec:
     steps = {}
     for layer in range(layers):
         for w in range(width):
@@ -45,8 +49,31 @@ def layered(layers: int, width: int) -> WorkflowSpec:
             steps[f"s{layer}_{w}"] = {"agent": "py", "with": {"call": "_noop:noop"}, "needs": needs}
     return WorkflowSpec.model_validate(
         {"name": "bench", "agents": {"py": {"kind": "python"}}, "steps": steps,
-         "concurrency": 100_000}
+         "concurrency": 100_000, "defaults": {"retry": retry or {"attempts": 1}}}
     )  # fmt: skip
+
+
+RETRY_VARIANTS = {
+    "attempts=1": {"attempts": 1},
+    "attempts=4": {"attempts": 4, "backoff": "exponential", "initial": 0.5, "jitter": True},
+}
+
+
+def retry_comparison(tmp: Path, repeat: int) -> float:
+    """Median engine time of 50x20 per retry variant (interleaved); returns the ratio."""
+    times: dict[str, list[float]] = {name: [] for name in RETRY_VARIANTS}
+    specs = {name: layered(50, 20, retry) for name, retry in RETRY_VARIANTS.items()}
+    for i in range(repeat):
+        for name, spec in specs.items():
+            times[name].append(asyncio.run(engine_run(spec, tmp / f"retry-{name}-{i}.db")))
+    one, four = (statistics.median(times[name]) for name in RETRY_VARIANTS)
+    print(f"retry scheduling, 50x20, no failures ({repeat} runs each, median):")
+    for name in RETRY_VARIANTS:
+        m = statistics.median(times[name])
+        print(f"  {name:<11} {m * 1e3:8.2f} ms  {m / 1000 * 1e6:6.1f} µs/step")
+    ratio = four / one
+    print(f"  attempts=4 / attempts=1: {ratio:.3f} ({(ratio - 1) * 100:+.1f}%, target ≤ +5%)")
+    return ratio
 
 
 async def noop() -> dict:
@@ -111,8 +138,12 @@ def first_step_latency(tmp: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--retry-only", action="store_true", help="only the retry comparison")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flowdeck-bench-"))
+    if args.retry_only:
+        retry_comparison(tmp, args.repeat)
+        return
     print(f"{'shape':>9} {'steps':>6} {'bare ms':>8} {'bare+db':>8} {'engine':>8} "
           f"{'µs/step':>8} {'steps/s':>8} {'×bare+db':>8}")  # fmt: skip
     results = {}
@@ -136,6 +167,7 @@ def main() -> None:
     print(f"peak RSS: {rss_mb:.1f} MB")
     print(f"process start -> first step (flowdeck run): {first * 1000:.0f} ms (target ≤ 300 ms)")
     print(f"50x20 overhead: {results['50x20']:.1f} µs/step (target ≤ 40 µs/step)")
+    retry_comparison(tmp, args.repeat)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "console.commands.console",
     "console.commands.serve",
     "console.commands.demo",
+    "console.commands.breakers",
 ]
 """Modules that add subcommands, in help order."""
 

@@ -22,6 +22,9 @@ class ErrorClass(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     BUDGET = "budget"
     REJECTED = "rejected"
+    INTERRUPTED = "interrupted"
+    """The engine stopped (crash, kill, forced stop) while the attempt was in flight: its
+    outcome is unknown."""
     INTERNAL = "internal"
 
 

@@ -419,12 +419,19 @@ def _reviews(conn: sqlite3.Connection) -> None:
     )
 
 
+def _breakers_retry_at(conn: sqlite3.Connection) -> None:
+    """When an open circuit lets its next trial call through (the cool-down's end); `detail`
+    holds the reason in words."""
+    conn.execute("ALTER TABLE breakers ADD COLUMN retry_at REAL")
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_core", _core),
     ("0002_analytics", _analytics),
     ("0003_undo_entries", _undo_entries),
     ("0004_latency_hist", _latency_hist),
     ("0005_reviews", _reviews),
+    ("0006_breakers_retry_at", _breakers_retry_at),
 ]
 """Every migration in order. Append only."""
 

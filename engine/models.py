@@ -54,6 +54,51 @@ class RetryPolicy(_Spec):
     """Extra error classes to retry (e.g. `validation` for an llm that answered badly)."""
 
 
+class RetryBudgetSpec(_Spec):
+    """Caps retries over a sliding window so a failing service does not get a retry storm.
+
+    A retry is allowed while `retries < min_retries + ratio * first_attempts` counted over the
+    last `window` seconds. The run's budget comes from `defaults.retry_budget`; each agent has its
+    own (its `retry_budget`, shared by every run of one engine). Fast failures of an open circuit
+    do not spend it (they never reach the service).
+    """
+
+    ratio: float = Field(default=0.2, ge=0)
+    """Retries allowed per first attempt (0.2: at most 20% extra attempts)."""
+    min_retries: int = Field(default=10, ge=0)
+    """Retries allowed per window on top of the ratio, so a small run can still retry."""
+    window: float = Field(default=60.0, gt=0)
+    """Length of the sliding window in seconds."""
+
+
+class BreakerSpec(_Spec):
+    """A circuit breaker (engine/breaker.py) in front of an agent, and of its host for http.
+
+    closed -> open after `failures` failures in a row, or when at least `min_calls` calls in the
+    last `window` seconds failed at `failure_ratio` or more; open -> half-open after `cooldown`
+    seconds; half-open lets `trial_calls` calls through at once and closes after `successes`
+    of them succeeded (one failure opens it again). Only failures that say something about the
+    service count: timeouts, connection errors, HTTP 5xx/408/429, shell exit codes, crashes.
+    """
+
+    enabled: bool = True
+    """False turns the breaker off for this agent (http and llm agents have one by default)."""
+    failures: int = Field(default=5, ge=1)
+    """Consecutive failures that open the circuit."""
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    """Share of failed calls over `window` that opens the circuit."""
+    min_calls: int = Field(default=10, ge=1)
+    """Calls in the window before `failure_ratio` is looked at."""
+    window: float = Field(default=60.0, gt=0)
+    """Seconds of history for `failure_ratio`."""
+    cooldown: float = Field(default=30.0, ge=0)
+    """Seconds the circuit stays open before trial calls are let through."""
+    trial_calls: int = Field(default=1, ge=1)
+    """Calls let through at once while half-open."""
+    successes: int = Field(default=1, ge=1)
+    """Successful trial calls that close the circuit again."""
+
+
 class AgentSpec(_Spec):
     """An agent declared under `agents:`; `kind` picks the implementation in the registry."""
 
@@ -79,8 +124,11 @@ class AgentSpec(_Spec):
     """shell: working directory of every command."""
     max_output: int = Field(default=65536, ge=1024)
     """shell: bytes of stdout/stderr kept (the rest is cut, with a marker)."""
-    breaker: dict[str, Any] | None = None
-    """Circuit breaker settings for this agent (see engine/breaker.py)."""
+    breaker: BreakerSpec | None = None
+    """Circuit breaker settings; default: on (with default settings) for http and llm agents,
+    off for others unless given."""
+    retry_budget: RetryBudgetSpec | None = None
+    """Retry budget of this agent across the runs of one engine (default settings if not given)."""
 
 
 class ReviewSpec(_Spec):
@@ -213,9 +261,14 @@ class StepSpec(_Spec):
     priority: int = 0
     """Higher starts first when concurrency slots are scarce."""
     destructive: bool = False
-    """The action changes the outside world in a way someone may want to take back."""
+    """The action changes the outside world in a way someone may want to take back. Its start
+    is committed before the call, and an attempt in flight at a crash is never repeated blindly:
+    resume asks the operator whether it happened (a `crash_check` review)."""
     idempotent: bool | None = None
-    """Safe to repeat after a crash; default: shell, python and HTTP GET/HEAD are."""
+    """Safe to repeat after a crash; default: shell, python and HTTP GET/HEAD/PUT/DELETE/OPTIONS
+    are. `false` makes an attempt in flight at a crash a question for the operator (like
+    `destructive`); a non-destructive step that is not idempotent only by default (e.g. an http
+    POST) is repeated on resume with the same `Idempotency-Key`."""
     optional: bool = False
     """A failure or rejection of this step does not fail the run."""
     review: ReviewSpec | None = None
@@ -238,6 +291,8 @@ class DefaultsSpec(_Spec):
     """Seconds per attempt."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     """Default retry policy."""
+    retry_budget: RetryBudgetSpec = Field(default_factory=RetryBudgetSpec)
+    """Retry budget of each run of this workflow."""
 
 
 class WorkflowSpec(_Spec):

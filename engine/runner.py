@@ -22,16 +22,18 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine import dag
+from engine import dag, recovery
 from engine.agents import Agent, AgentResources, StepCall, create
+from engine.breaker import Breaker, Breakers
 from engine.errors import Conflict, ErrorClass, NotFound, StepError
 from engine.events import EventLog
 from engine.expressions import ExpressionError, has_expressions, render
 from engine.models import (
+    RetryBudgetSpec,
     RetryPolicy,
     RunStatus,
     StepSpec,
@@ -40,7 +42,7 @@ from engine.models import (
     check_run_transition,
     check_step_transition,
 )
-from engine.retries import run_with_retries
+from engine.retries import RetryBudget, run_with_retries
 from engine.store import Store
 
 log = logging.getLogger("flowdeck.runner")
@@ -67,6 +69,14 @@ RUN_UPDATE = (
     "UPDATE runs SET status=?, started_at=coalesce(?, started_at), ended_at=?, error=?, "
     "owner=?, lease_until=? WHERE id=?"
 )
+INTERRUPTED_ATTEMPT = (
+    "INSERT INTO attempts(run_id, step_id, number, agent, operation, status, started_at, "
+    "error_class, error) VALUES (?,?,?,?,?,'interrupted',?,'interrupted',?) "
+    "ON CONFLICT(run_id, step_id, number) DO UPDATE SET status='interrupted', "
+    "error_class='interrupted', error=excluded.error WHERE attempts.status='running'"
+)
+INTERRUPTED_MESSAGE = "the engine stopped during this attempt; its outcome is unknown"
+DEFAULT_AGENT_BUDGET = RetryBudgetSpec()
 
 
 @dataclass(slots=True, frozen=True)
@@ -100,6 +110,32 @@ def new_run_id() -> str:
     return secrets.token_hex(6)
 
 
+def owner_is_dead(owner: str) -> bool:
+    """True when `owner` (`HOST:PID:TOKEN`, the default engine owner) names a process of this
+    host that no longer exists, so its runs can be resumed before the lease runs out."""
+    host, sep, _token = owner.rpartition(":")
+    host, sep2, pid_text = host.rpartition(":")
+    if not sep or not sep2 or host != socket.gethostname():
+        return False
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (killed, not reaped yet) is dead too
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -115,7 +151,8 @@ class StepHook:
 
     For each step the engine asks every hook in `Engine.hooks` whether it `applies` (keep that
     cheap: it runs for every step); `before` runs in order and may change the rendered params
-    or raise `StepError` (e.g. `ErrorClass.REJECTED`); after the action `after` runs in reverse
+    or raise `StepError` (e.g. `ErrorClass.REJECTED`), or raise `SkipAction(output)` to end the
+    step with that output and no action; after the action `after` runs in reverse
     order and may replace the output; if anything fails after a hook's `before`, its `failed`
     runs (CancelledError included) and the error propagates.
     """
@@ -135,11 +172,29 @@ class StepHook:
         return None
 
 
+class SkipAction(Exception):
+    """Raised by a hook's `before` to end the step `succeeded` with `output` without acting
+    (e.g. the operator said a step found in flight after a crash had already happened)."""
+
+    def __init__(self, output: Any):
+        super().__init__("action skipped")
+        self.output = output
+
+
 class LocalExecutor:
     """Runs the agent in this process (sync agents move themselves to a thread)."""
 
     async def execute(self, agent: Agent, call: StepCall) -> Any:
         return await agent.call(call)
+
+
+@dataclass(slots=True, eq=False)
+class AgentContext:
+    """What a run keeps per agent: the agent, its circuit breakers and its retry budget."""
+
+    agent: Agent
+    guards: tuple[Breaker, ...]
+    budget: RetryBudget
 
 
 @dataclass(slots=True, eq=False)
@@ -177,6 +232,10 @@ class StepState:
     `RunExecution.release_slot`)."""
     slot_waiter: asyncio.Future | None = None
     """Resolved by the dispatcher when a step that gave its slots back gets them again."""
+    in_flight: bool = False
+    """An attempt's call is under way (its outcome is not known yet)."""
+    crash_check: recovery.CrashQuestion | None = None
+    """Set by resume: ask the operator (a `crash_check` review) before acting again."""
 
     @property
     def max_attempts(self) -> int:
@@ -233,6 +292,9 @@ class RunExecution:
         """Step tasks alive without a slot (waiting for a review)."""
         self.parked: list = []
         self.agents: dict[str, Agent] = {}
+        self.contexts: dict[str, AgentContext] = {}
+        self.budget = RetryBudget(spec.defaults.retry_budget, f"run {run_id}")
+        """Retry budget of this run (`defaults.retry_budget`)."""
         self.started_at: float | None = None
         self.error: str | None = None
         self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
@@ -259,6 +321,17 @@ class RunExecution:
             agent = create(agent_id, self.spec.agents[agent_id], self.engine.resources)
             self.agents[agent_id] = agent
         return agent
+
+    def context_of(self, agent: Agent) -> AgentContext:
+        """`agent` with its breakers and retry budget (built once per run and agent)."""
+        ctx = self.contexts.get(agent.agent_id)
+        if ctx is None or ctx.agent is not agent:
+            ctx = self.contexts[agent.agent_id] = AgentContext(
+                agent,
+                self.engine.breakers.for_agent(agent.agent_id, agent),
+                self.engine.agent_budget(agent.agent_id, agent.spec.retry_budget),
+            )
+        return ctx
 
     def agent_key(self, st: StepState) -> tuple[str, str]:
         return (self.spec.name, st.spec.agent or "")
@@ -308,7 +381,8 @@ class RunExecution:
                 now if status is RunStatus.RUNNING and self.started_at is None else None,
                 now if ended else None,
                 self.error,
-                None if ended else self.engine.owner,
+                # an interrupted run keeps its owner (so `resume_owned` finds it) but no lease
+                None if status.ended else self.engine.owner,
                 None if ended else now + LEASE_SECONDS,
                 self.run_id,
             ),
@@ -380,7 +454,15 @@ class RunExecution:
             st.next_retry_at = None
             if self.interrupting and not self.cancelling:
                 st.attempt_base = st.attempt
-                self._set(st, StepStatus.PENDING, reason="interrupted")
+                if st.in_flight and recovery.needs_durable_start(st.spec):
+                    # The row keeps saying `running`: whether the call happened is unknown,
+                    # so resume asks the operator instead of repeating it.
+                    st.status = StepStatus.PENDING  # in memory only
+                    self.events.emit(
+                        "step.interrupted", self.run_id, st.id, attempt=st.attempt, in_flight=True
+                    )
+                else:
+                    self._set(st, StepStatus.PENDING, reason="interrupted")
             else:
                 st.error, st.error_class = "cancelled", ErrorClass.CANCELLED.value
                 self._set(st, StepStatus.CANCELLED)
@@ -422,19 +504,30 @@ class RunExecution:
             params = render(st.spec.with_, self.scope) if st.has_expr else st.spec.with_
         except ExpressionError as e:
             raise StepError(str(e), ErrorClass.VALIDATION) from None
+        ctx = self.context_of(agent)
         st.operation = agent.operation(params)
         entered: list[StepHook] = []
+        skip: SkipAction | None = None
         try:
             for hook in self.engine.hooks:
                 if hook.applies(self, st):
-                    params = await hook.before(self, st, agent, params)
+                    try:
+                        params = await hook.before(self, st, agent, params)
+                    except SkipAction as e:
+                        skip = e
+                        break
                     entered.append(hook)
-            output = await run_with_retries(
-                st.policy,
-                lambda n: self._attempt(st, agent, params, n),
-                on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
-                sleep=lambda seconds: self._backoff(st, seconds),
-            )
+            if skip is not None:
+                st.output_json = None
+                output = skip.output
+            else:
+                output = await run_with_retries(
+                    st.policy,
+                    lambda n: self._attempt(st, ctx, params, n),
+                    on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
+                    sleep=lambda seconds: self._backoff(st, seconds),
+                    allow=lambda err: self._allow_retry(ctx, err),
+                )
         except BaseException as e:
             for hook in reversed(entered):
                 await hook.failed(self, st, e)
@@ -443,7 +536,7 @@ class RunExecution:
             output = await hook.after(self, st, output)
         return output
 
-    async def _attempt(self, st: StepState, agent: Agent, params: dict, n: int) -> Any:
+    async def _attempt(self, st: StepState, ctx: AgentContext, params: dict, n: int) -> Any:
         clock = self.engine.clock
         number = st.attempt_base + n
         now = clock()
@@ -451,8 +544,11 @@ class RunExecution:
         st.next_retry_at = None
         if st.started_at is None:
             st.started_at = now
+        if n == 1:  # first attempts earn retries in the budgets
+            self.budget.first(now)
+            ctx.budget.first(now)
         self._set(st, StepStatus.RUNNING, attempt=number, of=st.max_attempts)
-        agent_id = agent.agent_id
+        agent_id = ctx.agent.agent_id
         call = StepCall(
             run_id=self.run_id,
             step_id=st.id,
@@ -462,11 +558,24 @@ class RunExecution:
             idempotency_key=f"{self.run_id}:{st.id}",
             destructive=st.spec.destructive,
         )
+        guards = ctx.guards
+        trials: list[bool] | None = None
         error: StepError | None = None
         output: Any = None
         try:
+            if guards:
+                trials = self.engine.breakers.admit(guards, self.run_id, st.id)
+            st.in_flight = True
+            if st.spec.destructive or st.spec.idempotent is False:
+                # Committed before the call: a crash can never hide a call that was made.
+                self.store.execute(
+                    ATTEMPT_UPSERT,
+                    (self.run_id, st.id, number, agent_id, st.operation, "running", now, None,
+                     None, None, None, None, None, None),
+                )  # fmt: skip
+                await self.store.flush()
             async with asyncio.timeout(st.timeout):
-                output = await self.engine.executor.execute(agent, call)
+                output = await self.engine.executor.execute(ctx.agent, call)
             encoded = _dumps(output)
         except TimeoutError:
             error = StepError(
@@ -475,18 +584,34 @@ class RunExecution:
         except StepError as e:
             error = e
         except asyncio.CancelledError:
+            if trials is not None:
+                self.engine.breakers.release(guards, trials)
             end = clock()
+            if (
+                st.in_flight
+                and self.interrupting
+                and not self.cancelling
+                and recovery.needs_durable_start(st.spec)
+            ):
+                status, cls, message = (
+                    "interrupted", ErrorClass.INTERRUPTED.value, INTERRUPTED_MESSAGE
+                )  # fmt: skip
+            else:
+                st.in_flight = False
+                status, cls, message = "cancelled", ErrorClass.CANCELLED.value, "cancelled"
             self.store.execute(
                 ATTEMPT_UPSERT,
-                (self.run_id, st.id, number, agent_id, call.operation or st.operation, "cancelled",
-                 now, end, (end - now) * 1000, ErrorClass.CANCELLED.value, "cancelled", None,
-                 None, None),
+                (self.run_id, st.id, number, agent_id, call.operation or st.operation, status,
+                 now, end, (end - now) * 1000, cls, message, None, None, None),
             )  # fmt: skip
             raise
         except (TypeError, ValueError) as e:
             error = StepError(f"output is not JSON: {e}", ErrorClass.VALIDATION)
         except Exception as e:
             error = StepError(f"{type(e).__name__}: {e}", ErrorClass.INTERNAL, retryable=True)
+        st.in_flight = False
+        if trials is not None:
+            self.engine.breakers.record(guards, trials, error, self.run_id, st.id)
         end = clock()
         usage = call.usage
         row = (
@@ -503,6 +628,19 @@ class RunExecution:
         st.output_json = encoded
         return output
 
+    def _allow_retry(self, ctx: AgentContext, error: StepError) -> str | None:
+        """Spend one retry of the run's and the agent's budgets, or say which is exhausted.
+        Fast failures of an open circuit cost nothing: they never reach the service."""
+        if error.error_class is ErrorClass.CIRCUIT_OPEN:
+            return None
+        now = self.engine.clock()
+        for budget in (self.budget, ctx.budget):
+            if not budget.has_room(now):
+                return budget.refusal(now)
+        self.budget.take(now)
+        ctx.budget.take(now)
+        return None
+
     def _flush_failed_attempt(self, st: StepState, next_retry_at: float | None) -> None:
         row = st.failed_attempt
         if row is not None:
@@ -512,21 +650,43 @@ class RunExecution:
     def _on_retry(self, st: StepState, n: int, err: BaseException, wait: float) -> None:
         st.next_retry_at = self.engine.clock() + wait
         self._flush_failed_attempt(st, st.next_retry_at)
+        data: dict[str, Any] = {}
+        if isinstance(err, StepError):
+            data["error_class"] = err.error_class.value
+            if err.retry_after is not None:
+                data["retry_after"] = err.retry_after
         self._set(
             st,
             StepStatus.RETRYING,
             attempt=st.attempt_base + n,
             of=st.max_attempts,
             wait=round(wait, 3),
+            retry_at=st.next_retry_at,
             error=str(err),
+            **data,
         )
 
     async def _backoff(self, st: StepState, seconds: float) -> None:
-        st.wake = asyncio.Event()
+        """Wait before the next attempt; a `retry_now` command cuts it short. While the engine
+        is stopping no new attempt starts: the wait lasts until the run is interrupted."""
+        st.wake = wake = asyncio.Event()
         try:
-            await asyncio.wait_for(st.wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+            sleep = self.engine.sleep
+            if sleep is None:
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=seconds)
+                except TimeoutError:
+                    pass
+            else:
+                sleeper = asyncio.ensure_future(sleep(seconds))
+                waker = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    waker.cancel()
+            if self.engine._stopping:
+                await asyncio.get_running_loop().create_future()  # cancelled by interrupt()
         finally:
             st.wake = None
 
@@ -662,10 +822,18 @@ class Engine:
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         poll_commands: bool = True,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ):
         self.store = store
         self.clock = clock
+        """Seconds clock of every timestamp, lease, budget window and breaker cool-down."""
+        self.sleep = sleep
+        """Waits between attempts (None: real time); tests give a fake clock's sleep."""
         self.events = EventLog(store, clock)
+        self.breakers = Breakers(store, self.events, clock)
+        """Circuit breakers of this engine (engine/breaker.py)."""
+        self.agent_budgets: dict[str, RetryBudget] = {}
+        """Retry budget per agent id, shared by every run of this engine."""
         self.resources = AgentResources()
         self.executor: Executor = executor or LocalExecutor()
         self.max_concurrency = max_concurrency
@@ -684,6 +852,11 @@ class Engine:
         self.router = Router(self)
         """Runs `route:` steps."""
         self.hooks.append(self.reviews)
+        from engine.crash_check import CrashCheck
+
+        self.crash_checks = CrashCheck(self)
+        """Asks about steps found in flight after a crash before they act again (first hook)."""
+        self.hooks.insert(0, self.crash_checks)
         self.undo = UndoHook(self)
         """The undo log of destructive steps and the undo API (`await engine.undo.undo(ID)`);
         keep it the last hook, nearest the action."""
@@ -705,6 +878,7 @@ class Engine:
         await self.aclose()
 
     async def start(self) -> None:
+        self.breakers.load(await self.store.aread(Breakers.read_rows))
         self._background.append(asyncio.create_task(self._heartbeat(), name="flowdeck-heartbeat"))
         if self._poll_commands:
             self._background.append(asyncio.create_task(self._commands(), name="flowdeck-commands"))
@@ -748,6 +922,7 @@ class Engine:
     ) -> RunExecution:
         """Create a run (committed before this returns) and start it."""
         inputs = dict(inputs or {})
+        await self._refresh_breakers()
         run_id = new_run_id()
         run = RunExecution(self, run_id, spec, inputs)
         now = self.clock()
@@ -787,7 +962,15 @@ class Engine:
         return run
 
     async def resume(self, run_id: str) -> RunExecution:
-        """Continue an interrupted run (or one whose engine died): succeeded steps are kept."""
+        """Continue an interrupted run, or one whose engine died.
+
+        Succeeded steps keep their outputs and are not run again; attempt numbers continue.
+        A step found in flight (its row still says `running`) is handled as engine/recovery.py
+        says: run again when that is safe, else asked about first (a `crash_check` review
+        through `engine.reviews`, engine/crash_check.py). Raises
+        NotFound, or Conflict when the run ended or an engine that is alive owns it (a lease
+        not expired, held by a process that still exists).
+        """
         if run_id in self.runs:
             raise Conflict(f"run {run_id} is already running in this engine")
         now = self.clock()
@@ -799,13 +982,14 @@ class Engine:
         status = RunStatus(row["status"])
         if status.ended:
             raise Conflict(f"run {run_id} already ended ({status.value})")
+        dead = row["owner"] if row["owner"] and owner_is_dead(row["owner"]) else None
 
         def take(db: Any) -> int:
             cur = db.execute(
                 "UPDATE runs SET owner=?, lease_until=? WHERE id=? AND status NOT IN "
-                "('succeeded','failed','cancelled') AND (owner IS NULL OR owner=? OR "
+                "('succeeded','failed','cancelled') AND (owner IS NULL OR owner=? OR owner=? OR "
                 "lease_until IS NULL OR lease_until < ?)",
-                (self.owner, now + LEASE_SECONDS, run_id, self.owner, now),
+                (self.owner, now + LEASE_SECONDS, run_id, self.owner, dead, now),
             )
             return cur.rowcount
 
@@ -816,16 +1000,31 @@ class Engine:
             )
         spec = WorkflowSpec.model_validate_json(row["spec"])
         inputs = json.loads(row["inputs"])
-        rows = await self.store.aread(
-            lambda db: {
+        await self._refresh_breakers()
+
+        def read_state(db: Any) -> tuple[dict, dict, dict]:
+            steps = {
                 r["step_id"]: r for r in db.query("SELECT * FROM steps WHERE run_id=?", [run_id])
             }
-        )
+            started = {
+                r["step_id"]: r["ts"]
+                for r in db.query(
+                    "SELECT step_id, max(ts) AS ts FROM events WHERE run_id=? AND "
+                    "kind='step.running' GROUP BY step_id",
+                    [run_id],
+                )
+            }
+            return steps, recovery.latest_crash_checks(db, run_id), started
+
+        rows, checks, started = await self.store.aread(read_state)
         states: dict[str, StepState] = {}
+        in_flight: list[str] = []
         for sid, s in spec.steps.items():
             r = rows.get(sid, {})
             st_status = StepStatus(r.get("status", "pending"))
             output = json.loads(r["output"]) if r.get("output") else None
+            if st_status is StepStatus.RUNNING:
+                in_flight.append(sid)
             if not st_status.ended:
                 st_status = StepStatus.PENDING
             states[sid] = StepState(
@@ -849,7 +1048,14 @@ class Engine:
         run = RunExecution(self, run_id, spec, inputs, states)
         run.status = status
         run.started_at = row["started_at"]
-        self.events.emit("run.resumed", run_id, None, owner=self.owner)
+        self.events.emit("run.resumed", run_id, None, owner=self.owner, previous_owner=row["owner"])
+        for sid in in_flight:
+            self._recover_in_flight(run, states[sid], rows[sid], started.get(sid) or now)
+        for sid, review in checks.items():
+            st = states[sid]
+            if st.crash_check is None and not st.status.ended:
+                # asked by an earlier resume: wait on that question (or use its answer)
+                st.crash_check = recovery.CrashQuestion(review["reason"] or "", reuse=True)
         for st in states.values():
             if st.status is StepStatus.PENDING:
                 self._write_pending(run, st)
@@ -858,6 +1064,59 @@ class Engine:
             run.status = RunStatus.INTERRUPTED
         run.start()
         return run
+
+    def _recover_in_flight(
+        self, run: RunExecution, st: StepState, row: dict[str, Any], started_at: float
+    ) -> None:
+        """Record the lost attempt of a step found in flight and decide what to do with it
+        (engine/recovery.py); a step to ask about gets its `crash_check` question."""
+        try:
+            agent = run.agent(st) if st.spec.agent in run.spec.agents else None
+        except KeyError:  # an agent kind this engine does not know: ask, do not guess
+            agent = None
+        params = st.spec.with_
+        if st.has_expr:
+            try:
+                params = render(params, run.scope)
+            except ExpressionError:
+                pass  # it fails again when it runs
+        action, why = recovery.crash_action(st.spec, agent, params)
+        if st.attempt:
+            self.store.execute(
+                INTERRUPTED_ATTEMPT,
+                (run.run_id, st.id, st.attempt, st.spec.agent, row.get("operation"), started_at,
+                 INTERRUPTED_MESSAGE),
+            )  # fmt: skip
+        self.events.emit(
+            "step.recovered", run.run_id, st.id, action=action, reason=why, attempt=st.attempt
+        )
+        if action == recovery.ASK:
+            reason = recovery.question(st.id, row.get("operation"), st.attempt, why)
+            st.crash_check = recovery.CrashQuestion(reason, reuse=False)
+
+    async def resume_owned(self) -> list[RunExecution]:
+        """Resume every unfinished run held under this engine's `owner` name (what `flowdeck
+        serve` does on start, with a stable owner name). Runs another live engine took over
+        are skipped."""
+        ids = await self.store.aread(
+            lambda db: [
+                r["id"]
+                for r in db.query(
+                    "SELECT id FROM runs WHERE owner=? AND status IN "
+                    "('pending','running','interrupted') ORDER BY created_at",
+                    [self.owner],
+                )
+            ]
+        )
+        resumed = []
+        for run_id in ids:
+            if run_id in self.runs:
+                continue
+            try:
+                resumed.append(await self.resume(run_id))
+            except Conflict as e:
+                log.warning("not resuming run %s: %s", run_id, e)
+        return resumed
 
     def _write_pending(self, run: RunExecution, st: StepState) -> None:
         st.ended_at = None
@@ -872,12 +1131,19 @@ class Engine:
         return True
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop starting steps, give running ones `grace` seconds, then interrupt the rest."""
+        """Graceful stop: start no more steps or attempts, give attempts under way up to `grace`
+        seconds to finish, then interrupt what is left (runs stay resumable)."""
         self._stopping = True
         runs = list(self.runs.values())
-        pending = [run.done for run in runs]
-        if pending and grace > 0:
-            await asyncio.wait(pending, timeout=grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while loop.time() < deadline and any(
+            st.status is StepStatus.RUNNING
+            for run in runs
+            if not run.done.done()
+            for st in run.steps.values()
+        ):
+            await asyncio.sleep(0.05)
         for run in runs:
             if not run.done.done():
                 run.interrupt()
@@ -940,6 +1206,21 @@ class Engine:
     def _forget(self, run: RunExecution) -> None:
         self.runs.pop(run.run_id, None)
 
+    async def _refresh_breakers(self) -> None:
+        """Re-read the breakers table when a circuit is not closed here: another process may
+        have reset it while no run of this engine was polling."""
+        if self.breakers.any_open():
+            self.breakers.load(await self.store.aread(Breakers.read_rows))
+
+    def agent_budget(self, agent_id: str, spec: RetryBudgetSpec | None) -> RetryBudget:
+        """The retry budget of an agent (settings of the first run that used it)."""
+        budget = self.agent_budgets.get(agent_id)
+        if budget is None:
+            budget = self.agent_budgets[agent_id] = RetryBudget(
+                spec or DEFAULT_AGENT_BUDGET, f"agent {agent_id}"
+            )
+        return budget
+
     # ------------------------------------------------------------------ background
 
     async def _heartbeat(self) -> None:
@@ -953,7 +1234,8 @@ class Engine:
                 )
 
     async def _commands(self) -> None:
-        """Pick up commands other processes wrote for runs this engine owns."""
+        """Pick up what other processes wrote: commands for runs this engine owns, breaker
+        changes."""
         last_version: int | None = None
         while True:
             await asyncio.sleep(COMMAND_POLL_SECONDS)
@@ -966,7 +1248,8 @@ class Engine:
                 if version == last_version:
                     continue
                 last_version = version
-                rows = await self.store.aread(self._pending_commands)
+                rows, breakers = await self.store.aread(self._poll_db)
+                self.breakers.load(breakers)
                 for row in rows:
                     await self._handle_command(row)
             except asyncio.CancelledError:
@@ -974,15 +1257,16 @@ class Engine:
             except Exception:
                 log.exception("command poll failed")
 
-    def _pending_commands(self, db: Any) -> list[dict[str, Any]]:
+    def _poll_db(self, db: Any) -> tuple[list[dict], list[dict]]:
         ids = list(self.runs)
         marks = ",".join("?" * len(ids))
-        return list(
+        commands = list(
             db.query(
                 f"SELECT * FROM commands WHERE status='pending' AND run_id IN ({marks}) ORDER BY id",
                 ids,
             )
         )
+        return commands, Breakers.read_rows(db)
 
     async def _handle_command(self, row: dict[str, Any]) -> None:
         def claim(db: Any) -> int:

@@ -40,6 +40,12 @@ MAX_BATCH = 20_000
 
 _SQL, _CALL, _BARRIER, _STOP = range(4)
 
+_OPEN: dict[str, int] = {}
+"""Files this process has open as stores (resolved path -> count). Reading such a file with
+plain `open()` is not allowed: closing that descriptor would drop the POSIX locks SQLite holds
+on it for every connection of the process, letting another process write at the same time."""
+_OPEN_LOCK = threading.Lock()
+
 
 def check_file(path: Path) -> None:
     """Cheap checks that need no SQLite connection: header and truncation."""
@@ -128,6 +134,7 @@ class Store:
         """The last error of a fire-and-forget batch, if any (the engine checks it)."""
         self.commits = 0
         """Transactions committed by the writer (for benchmarks)."""
+        self._open_key: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -148,7 +155,31 @@ class Store:
         return conn
 
     def _start(self) -> None:
-        check_file(self.path)
+        key = str(self.path.resolve())
+        with _OPEN_LOCK:
+            if not _OPEN.get(key):  # already open here: it was checked, and must not be re-read
+                check_file(self.path)
+            _OPEN[key] = _OPEN.get(key, 0) + 1
+        self._open_key = key
+        try:
+            self._start_writer()
+        except BaseException:
+            self._forget_open()
+            raise
+
+    def _forget_open(self) -> None:
+        key = self._open_key
+        if key is None:
+            return
+        self._open_key = None
+        with _OPEN_LOCK:
+            n = _OPEN.get(key, 0) - 1
+            if n > 0:
+                _OPEN[key] = n
+            else:
+                _OPEN.pop(key, None)
+
+    def _start_writer(self) -> None:
         if not self.path.parent.exists():
             raise DatabaseError(f"{self.path}: directory {self.path.parent} does not exist")
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -207,6 +238,7 @@ class Store:
                 except sqlite3.Error:
                     pass
             self._readers.clear()
+        self._forget_open()
 
     def __enter__(self) -> Store:
         return self

@@ -216,3 +216,22 @@ def test_processes_opening_a_new_file_at_once_migrate_it_once(db_path):
     with Store.open(db_path) as s:
         names = [r["name"] for r in s.query("SELECT name FROM _migrations")]
     assert names == [name for name, _ in migrations.MIGRATIONS]
+
+
+def test_a_file_open_in_this_process_is_not_read_again(db_path, monkeypatch):
+    """Reading the header with open()/close() while this process holds SQLite connections to
+    the file would drop their POSIX locks (and let another process corrupt the file)."""
+    import engine.store as store_module
+
+    first = Store.open(db_path)
+    seen = []
+    monkeypatch.setattr(store_module, "check_file", lambda path: seen.append(path))
+    try:
+        second = Store.open(db_path)
+        second.close()
+        assert seen == []  # the file is open here: no plain read of it
+    finally:
+        first.close()
+    third = Store.open(db_path)
+    third.close()
+    assert seen == [db_path]  # nothing had it open any more: checked as usual

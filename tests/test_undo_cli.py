@@ -391,12 +391,24 @@ async def test_sigkill_then_resume_takes_the_entry_over(service, tmp_path):
     n = await new_issue(service, "resumed")
     run_id = await run_and_kill(tmp_path, service, db, n, restore_undo(capture=True))
     [before_crash] = entries(db)
-    # the dead engine's lease has to run out before another process may take the run
-    for _ in range(60):
-        res = await acli("resume", run_id, "--db", str(db))
-        if res.code != 4:
+    # the destructive step was in flight: resume asks whether to run it again (a crash_check
+    # review, engine/crash_check.py); the operator says yes (the step tolerates a repeat)
+    resume = asyncio.ensure_future(acli("resume", run_id, "--db", str(db)))
+    review_id = None
+    for _ in range(1500):
+        with Store.open(db) as s:
+            rows = s.query(
+                "SELECT id FROM reviews WHERE run_id=? AND kind='crash_check' AND status='pending'",
+                [run_id],
+            )
+        if rows:
+            review_id = rows[0]["id"]
             break
-        await asyncio.sleep(1)
+        await asyncio.sleep(0.02)
+    assert review_id is not None, "resume did not ask about the step in flight"
+    res = await acli("approve", str(review_id), "--as", "ana", "--db", str(db))
+    assert res.code == 0, res.stderr
+    res = await resume
     assert res.code == 0, res.stderr
     [e] = entries(db)  # the same entry, taken over, now done
     assert e["id"] == before_crash["id"] and e["status"] == "done"

@@ -155,17 +155,27 @@ async def _serve(
 
 
 async def resume_abandoned(engine: Any) -> list[str]:
-    """Resume every run that has not ended and that no live engine holds."""
+    """Resume every run that has not ended and that no live engine holds (lease run out, or
+    its owner is a process of this host that no longer exists)."""
+    from engine.runner import owner_is_dead
+
     now = time.time()
     rows = await engine.store.aread(
         lambda db: list(
             db.query(
-                "SELECT id FROM runs WHERE status IN ('pending','running','interrupted') "
-                "AND (lease_until IS NULL OR lease_until < ? OR owner = ?) ORDER BY created_at",
-                [now, engine.owner],
+                "SELECT id, owner, lease_until FROM runs WHERE status IN "
+                "('pending','running','interrupted') ORDER BY created_at"
             )
         )
     )
+    rows = [
+        r
+        for r in rows
+        if r["lease_until"] is None
+        or r["lease_until"] < now
+        or r["owner"] == engine.owner
+        or (r["owner"] and owner_is_dead(r["owner"]))
+    ]
     resumed = []
     for row in rows:
         try:

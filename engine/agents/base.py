@@ -59,6 +59,8 @@ class Agent:
 
     kind: ClassVar[str] = ""
     sync: ClassVar[bool] = False
+    network: ClassVar[bool] = False
+    """Calls a service over the network: gets a circuit breaker by default."""
 
     def __init__(self, agent_id: str, spec: AgentSpec, resources: AgentResources):
         self.agent_id = agent_id
@@ -77,6 +79,10 @@ class Agent:
     def is_idempotent(self, params: dict[str, Any]) -> bool:
         """Whether repeating this call after a crash is safe by default."""
         return True
+
+    def endpoint(self) -> str | None:
+        """`HOST:PORT` of the service this agent calls (keys its per-host circuit breaker)."""
+        return None
 
     async def call(self, call: StepCall) -> Any:
         raise NotImplementedError

@@ -31,6 +31,7 @@ import os
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -98,6 +99,23 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def endpoint_of(base_url: str | None) -> str | None:
+    """`host:port` of a base URL (the default port of its scheme when none is given)."""
+    if not base_url:
+        return None
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    host = parts.hostname
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _cut(data: bytes, cap: int) -> str:
     """`data` decoded as UTF-8, its first `cap` bytes plus a marker if it was longer."""
     if len(data) <= cap:
@@ -136,6 +154,11 @@ def _query_items(query: dict[str, Any]) -> list[tuple[str, str]]:
 @register("http")
 class HttpAgent(Agent):
     """Sends `with.method` `base_url + with.path`; the JSON response body is the output."""
+
+    network = True
+
+    def endpoint(self) -> str | None:
+        return endpoint_of(self.spec.base_url)
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[str]:

@@ -44,7 +44,14 @@ import aiohttp
 
 from engine import __version__
 from engine.agents.base import Agent, StepCall, register
-from engine.agents.http import RETRYABLE_STATUS, _decode, _read_body, _short, parse_retry_after
+from engine.agents.http import (
+    RETRYABLE_STATUS,
+    _decode,
+    _read_body,
+    _short,
+    endpoint_of,
+    parse_retry_after,
+)
 from engine.errors import ErrorClass, StepError
 
 _PARAMS = ("prompt", "system", "messages", "json", "require", "model", "temperature", "max_tokens")
@@ -129,6 +136,11 @@ def parse_answer(content: str) -> Any:
 @register("llm")
 class LlmAgent(Agent):
     """Asks an OpenAI-compatible `/chat/completions` endpoint; the JSON answer is the output."""
+
+    network = True
+
+    def endpoint(self) -> str | None:
+        return endpoint_of(self.spec.base_url)
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[str]:
