@@ -266,9 +266,10 @@ def _user() -> str:
 
 def binding_ids() -> set[str]:
     """Every binding id the console knows (for validating a keymap)."""
-    from console.screens.dialogs import CommentScreen, ConfirmScreen, DetailScreen
+    from console.screens.dialogs import ChoiceScreen, CommentScreen, ConfirmScreen, DetailScreen
     from widgets.dag_view import DagView
     from widgets.filter_bar import FilterBar
+    from widgets.live_table import LiveTable
     from widgets.review_panel import ReviewPanel
     from widgets.runs_table import RunsTable
     from widgets.undo_panel import UndoHistory
@@ -276,7 +277,7 @@ def binding_ids() -> set[str]:
     classes: list[Any] = [
         FlowdeckApp, FlowdeckScreen, OverviewScreen, ReviewsScreen, HistoryScreen,
         AnalyticsScreen, RunScreen, HelpScreen, ConfirmScreen, CommentScreen, DetailScreen,
-        DagView, FilterBar, ReviewPanel, RunsTable, UndoHistory,
+        ChoiceScreen, DagView, FilterBar, LiveTable, ReviewPanel, RunsTable, UndoHistory,
     ]  # fmt: skip
     ids: set[str] = set()
     for cls in classes:

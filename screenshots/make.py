@@ -1,13 +1,15 @@
-"""Regenerate screenshots/: an SVG and a PNG of every console screen on realistic data.
+"""Regenerate screenshots/: an SVG and a PNG of every console screen on the demo's data.
 
-Real workflows run through the real engine against the bundled demo service (real HTTP,
-long-tailed latency, injected 500s and 429s, scripted outages) for 30 simulated minutes: a
-clock that starts at a fixed date and jumps a minute between batches, so the latency plot and
-the analytics have history. Some runs fail, some retry, destructive steps leave undo entries
-(one undone, one expired), and two runs are left in progress: one waiting out a retry backoff,
-one 40-step nightly job half done. Then the console (the real app, attached to that database,
-with the clock frozen and the terminal size fixed) is driven with Pilot and every screen is
-saved as SVG, then converted with `rsvg-convert` (SVG text spacing preserved).
+The demo's own workflows (`examples/*.yaml`, bound to the bundled demo service: real HTTP,
+long-tailed latency, injected 500s and 429s) run through the real engine for 30 simulated
+minutes, with the demo's simulated operator deciding reviews and undoing now and then. The
+process clock (`time.time`) is replaced by a clock that starts at a fixed date and jumps a
+minute between batches, so every timestamp (runs, decisions, undo windows) lives in the same
+simulated morning and the latency plot has history. A few more runs fail, retry or leave
+hostile output; at the end the operator steps away, leaving reviews pending, a release waiting
+out a retry backoff and a 100-step nightly job half done. Then the console (the real app on
+that database, clock frozen, fixed terminal size) is driven with Pilot; each screen is saved as
+SVG and converted to PNG with `rsvg-convert` (SVG spaces preserved).
 
     python screenshots/make.py [--out screenshots] [--minutes 30]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -32,29 +35,38 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-import steps  # noqa: E402
-
-from console.app import FlowdeckApp  # noqa: E402
-from console.demo.service import ServiceConfig, start_service  # noqa: E402
-from engine.models import WorkflowSpec  # noqa: E402
-from engine.runner import Engine  # noqa: E402
-from engine.store import Store  # noqa: E402
-
 START = 1_767_261_600.0  # 2026-01-01 10:00:00 UTC: the simulated morning begins here
-SIZE = (160, 48)
+_real_time = time.time
 
 
 class SimClock:
     """Wall time shifted to START; `jump()` moves it forward (time between batches)."""
 
     def __init__(self, start: float):
-        self.offset = start - time.time()
+        self.offset = start - _real_time()
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return _real_time() + self.offset
 
     def jump(self, seconds: float) -> None:
         self.offset += seconds
+
+
+CLOCK = SimClock(START)
+time.time = CLOCK  # every timestamp of this process is simulated time (see the docstring)
+
+import steps  # noqa: E402
+
+from console.app import FlowdeckApp  # noqa: E402
+from console.demo.autopilot import Autopilot, Habits  # noqa: E402
+from console.demo.catalog import load_examples  # noqa: E402
+from console.demo.service import start_service  # noqa: E402
+from console.demo.session import OPENING_HICCUPS, DemoOptions  # noqa: E402
+from engine.models import WorkflowSpec  # noqa: E402
+from engine.runner import Engine  # noqa: E402
+from engine.store import Store  # noqa: E402
+
+SIZE = (160, 48)
 
 
 # --------------------------------------------------------------------------- workflows
@@ -62,10 +74,10 @@ class SimClock:
 
 def agents(svc: Any) -> dict:
     return {
-        "llm": {"kind": "http", "base_url": svc.url + "/v1", "timeout": 10},
-        "tracker": {"kind": "http", "base_url": svc.url + "/tracker", "timeout": 5},
-        "chat": {"kind": "http", "base_url": svc.url + "/chat", "timeout": 5},
-        "code": {"kind": "http", "base_url": svc.url + "/code", "timeout": 5},
+        "llm": {"kind": "http", "base_url": svc.base_url("llm"), "timeout": 10},
+        "tracker": {"kind": "http", "base_url": svc.base_url("tracker"), "timeout": 5},
+        "chat": {"kind": "http", "base_url": svc.base_url("chat"), "timeout": 5},
+        "code": {"kind": "http", "base_url": svc.base_url("code"), "timeout": 5},
         "sh": {"kind": "shell"},
         "py": {"kind": "python"},
     }
@@ -87,75 +99,24 @@ def spec(svc: Any, name: str, description: str, steps_: dict, **extra: Any) -> W
     )
 
 
-def triage(svc: Any) -> WorkflowSpec:
-    return spec(svc, "triage-inbox", "Classify a report, file it, tell the team", {
-        "classify": {"agent": "llm", "description": "Ask the model what this is",
-                     "with": {"method": "POST", "path": "/chat/completions", "json": {
-                         "model": "demo-small",
-                         "messages": [{"role": "user", "content": "Classify: ${{ inputs.subject }}"}]}}},
-        "file_ticket": {"agent": "tracker", "needs": ["classify"],
-                        "with": {"method": "POST", "path": "/issues",
-                                 "json": {"title": "${{ inputs.subject }}", "labels": ["triage"]}}},
-        "label": {"agent": "tracker", "needs": ["file_ticket"],
-                  "with": {"method": "PATCH", "path": "/issues/${{ steps.file_ticket.output.number }}",
-                           "json": {"labels": ["triage", "bug"]}}},
-        "notify": {"agent": "chat", "needs": ["file_ticket"],
-                   "with": {"method": "POST", "path": "/messages", "json": {
-                       "channel": "general", "text": "filed ${{ steps.file_ticket.output.id }}"}}},
-        "summarise": {"agent": "py", "needs": ["label", "notify"],
-                      "with": {"call": "steps:summary", "args": {
-                          "ticket": "${{ steps.file_ticket.output.id }}"}}},
-    }, inputs={"subject": {"type": "string", "default": "Login loop on Safari"}})  # fmt: skip
-
-
-def branch_sweep(svc: Any, ttl: float = 3600) -> WorkflowSpec:
-    return spec(svc, "branch-sweep", "Delete a merged branch, keep it restorable", {
-        "create": {"agent": "code", "with": {"method": "POST", "path": "/branches",
-                                             "json": {"name": "${{ inputs.branch }}"}}},
-        "delete_branch": {
-            "agent": "code", "needs": ["create"], "destructive": True,
-            "with": {"method": "DELETE", "path": "/branches/${{ inputs.branch }}"},
-            "undo": {"with": {"method": "POST", "path": "/branches/${{ inputs.branch }}/restore"},
-                     "description": "restore branch ${{ inputs.branch }}", "ttl": ttl}},
-        "announce": {"agent": "chat", "needs": ["delete_branch"],
-                     "with": {"method": "POST", "path": "/messages", "json": {
-                         "channel": "releases", "text": "deleted ${{ inputs.branch }}"}}},
-    }, inputs={"branch": {"type": "string", "required": True}})  # fmt: skip
-
-
-def release_cleanup(svc: Any, announce_retry: dict | None = None) -> WorkflowSpec:
-    return spec(svc, "release-cleanup", "Close the release PR, file the follow-up, tell the team", {
-        "fetch_pr": {"agent": "code", "with": {"method": "GET", "path": "/pulls/${{ inputs.pr }}"}},
-        "close_pr": {
-            "agent": "code", "needs": ["fetch_pr"], "destructive": True,
-            "description": "Close the pull request (reopened by undo)",
-            "with": {"method": "POST", "path": "/pulls/${{ inputs.pr }}/close"},
-            "undo": {"with": {"method": "POST", "path": "/pulls/${{ inputs.pr }}/reopen"},
-                     "description": "reopen PR #${{ inputs.pr }}"}},
-        "ticket": {"agent": "tracker", "needs": ["close_pr"],
+def deploy_notice(svc: Any) -> WorkflowSpec:
+    """A deploy announcement whose chat call is failing: the run waits out a long backoff."""
+    slow = {"attempts": 5, "backoff": "exponential", "initial": 20, "max": 60, "jitter": False}
+    return spec(svc, "deploy-notice", "Tag the release, write the notes, tell the team", {
+        "tag": {"agent": "code", "description": "Read the release pull request",
+                "with": {"method": "GET", "path": "/pulls/1"}},
+        "notes": {"agent": "llm", "needs": ["tag"], "description": "Release notes from the title",
+                  "with": {"method": "POST", "path": "/chat/completions", "json": {
+                      "model": "demo-small", "messages": [{"role": "user", "content":
+                          "Release notes for ${{ steps.tag.output.title }}"}]}}},
+        "ticket": {"agent": "tracker", "needs": ["tag"],
                    "with": {"method": "POST", "path": "/issues", "json": {
-                       "title": "Follow up on ${{ steps.fetch_pr.output.title }}"}}},
-        "changelog": {"agent": "llm", "needs": ["fetch_pr"],
-                      "with": {"method": "POST", "path": "/chat/completions", "json": {
-                          "model": "demo-small", "messages": [{"role": "user", "content":
-                              "Changelog line for ${{ steps.fetch_pr.output.title }}"}]}}},
-        "announce": {"agent": "chat", "needs": ["ticket", "changelog"],
-                     "retry": announce_retry or RETRY,
+                       "title": "Verify release ${{ steps.tag.output.head }}"}}},
+        "announce": {"agent": "chat", "needs": ["notes", "ticket"], "retry": slow,
+                     "description": "Tell #releases (the chat is having a bad minute)",
                      "with": {"method": "POST", "path": "/messages", "json": {
-                         "channel": "releases", "text": "closed PR #${{ inputs.pr }}"}}},
-    }, inputs={"pr": {"type": "integer", "required": True}})  # fmt: skip
-
-
-def issue_cleanup(svc: Any, ttl: float = 3600) -> WorkflowSpec:
-    return spec(svc, "issue-cleanup", "Delete a duplicate issue, restorable for an hour", {
-        "delete_issue": {
-            "agent": "tracker", "destructive": True,
-            "with": {"method": "DELETE", "path": "/issues/${{ inputs.issue }}"},
-            "undo": {"with": {"method": "POST", "path": "/issues/${{ inputs.issue }}/restore",
-                              "json": {"issue": "${{ before }}"}},
-                     "capture": {"with": {"method": "GET", "path": "/issues/${{ inputs.issue }}"}},
-                     "description": "restore '${{ before.title }}'", "ttl": ttl}},
-    }, inputs={"issue": {"type": "integer", "required": True}})  # fmt: skip
+                         "channel": "releases", "text": "released ${{ steps.tag.output.head }}"}}},
+    })  # fmt: skip
 
 
 def lint(svc: Any) -> WorkflowSpec:
@@ -206,75 +167,72 @@ async def post(svc: Any, path: str, body: dict) -> Any:
         return await r.json()
 
 
-async def history(engine: Engine, svc: Any, clock: SimClock, minutes: int) -> dict[str, Any]:
-    """Runs over `minutes` simulated minutes; returns ids the screenshots need."""
+async def history(engine: Engine, svc: Any, minutes: int) -> asyncio.Task[None]:
+    """The demo's workflows over `minutes` simulated minutes, decided by its operator."""
     rng = random.Random(4)
-    pr = iter(range(1, 100))
-    keep: dict[str, Any] = {}
+    examples = load_examples(svc)
+    operator = Autopilot(
+        engine,
+        random.Random(5),
+        Habits(delay=(0.1, 0.6), undo_every=3, undo_delay=(0.1, 0.4), poll=0.1),
+    )
+    watcher = asyncio.create_task(operator.run())
+    weights = [e.weight for e in examples]
+
+    async def one(example: Any) -> None:
+        run = await engine.submit(example.spec, example.next_inputs(rng, svc))
+        status = await run.wait()
+        operator.on_run_end(example, run, status)
+
     for minute in range(minutes):
-        started = time.monotonic()
-        jobs: list[Awaitable[Any]] = []
-        for _ in range(rng.randint(2, 4)):
-            jobs.append(engine.run(triage(svc), {"subject": rng.choice(SUBJECTS)}))
-        if minute % 3 == 0:
-            jobs.append(engine.run(branch_sweep(svc, ttl=600 if minute == 0 else 3600),
-                                   {"branch": f"stale/feature-{minute}"}))  # fmt: skip
-        if minute % 5 == 2:
-            jobs.append(engine.run(release_cleanup(svc), {"pr": next(pr)}))
-        if minute % 7 == 3:
-            issue = await post(svc, "/tracker/issues", {"title": rng.choice(SUBJECTS) + " (dup)"})
-            jobs.append(engine.run(issue_cleanup(svc), {"issue": issue["number"]}))
+        started = _real_time()
+        jobs = [one(e) for e in examples] if minute == 0 else []
+        jobs += [one(rng.choices(examples, weights)[0]) for _ in range(rng.randint(2, 4))]
         if minute in (3, 24):
             jobs.append(engine.run(lint(svc)))
-        if minute == 12:  # a rough patch: the chat answers 503 for a while
-            await post(svc, "/admin/config", {"error_rate": 0.35, "fault_services": ["chat"]})
-        if minute == 15:
-            await post(svc, "/admin/config", {"error_rate": 0.04, "fault_services": None})
-        runs = await asyncio.gather(*jobs)
-        for run in runs:
-            keep.setdefault(run.spec.name, []).append(run.run_id)
-        if minute == 20:  # an operator took one back
-            entries = [e for e in await engine.undo.history() if e.status == "done"]
-            if entries:
-                await engine.undo.undo(entries[-1].id, actor="ana")
-        clock.jump(max(0.0, 60 - (time.monotonic() - started)))
-    return keep
+        await asyncio.gather(*jobs)
+        await operator.settle()
+        CLOCK.jump(max(0.0, 60 - (_real_time() - started)))
+    return watcher
 
 
-SUBJECTS = [
-    "Login loop on Safari", "Export times out over 10k rows", "Typo on the pricing page",
-    "Webhook retries forever", "Dark mode loses contrast", "CSV import drops accents",
-    "Password reset mail is late", "[urgent] checkout 500s",
-]  # fmt: skip
-
-
-async def in_progress(engine: Engine, svc: Any) -> dict[str, str]:
-    """Leave two runs going: one waiting out a retry backoff, one 40-step job half done."""
+async def in_progress(engine: Engine, svc: Any, operator: asyncio.Task[None]) -> dict[str, str]:
+    """The operator steps away: reviews stay pending, a release waits out a retry backoff
+    and the 100-step nightly job is half done."""
+    operator.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await operator
+    rng = random.Random(9)
+    examples = {e.name: e for e in load_examples(svc)}
+    for name in ("release-cleanup", "triage-incoming-issue", "release-cleanup"):
+        example = examples[name]
+        run = await engine.submit(example.spec, example.next_inputs(rng, svc))
+        for _ in range(300):  # until it waits for a person, with nothing else in flight
+            statuses = {st.status.value for st in run.steps.values()}
+            if "waiting_review" in statuses and "running" not in statuses:
+                break
+            await asyncio.sleep(0.05)
+        CLOCK.jump(35)
     for name in ("transform_17", "transform_29", "load_03", "load_11"):
         steps.HELD[name] = asyncio.Event()
     nightly_run = await engine.submit(nightly(svc))
-    await post(svc, "/admin/config", {"error_rate": 0.0})
+    svc.service.update_config({"error_rate": 0.0, "rate_limit_rate": 0.0})
     await post(svc, "/admin/script", {
         "path_prefix": "/chat/messages", "method": "POST",
         "responses": [{"status": 503}, {"status": 503}],
     })  # fmt: skip
-    slow_retry = {
-        "attempts": 5,
-        "backoff": "exponential",
-        "initial": 20,
-        "max": 60,
-        "jitter": False,
-    }
-    release = await engine.submit(release_cleanup(svc, slow_retry), {"pr": 11})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        st = release.steps["announce"].status.value
+    notice = await engine.submit(deploy_notice(svc))
+    deadline = _real_time() + 60
+    while _real_time() < deadline:
+        st = notice.steps["announce"]
         held = [nightly_run.steps[n].status.value for n in ("transform_17", "load_03")]
-        if st == "retrying" and release.steps["announce"].attempt >= 2 and "running" in held:
+        pending = engine.store.query("SELECT count(*) AS n FROM reviews WHERE status='pending'")
+        if (st.status.value == "retrying" and st.attempt >= 2 and "running" in held
+                and pending[0]["n"] >= 2):  # fmt: skip
             break
         await asyncio.sleep(0.1)
     await engine.store.flush()
-    return {"release": release.run_id, "nightly": nightly_run.run_id}
+    return {"notice": notice.run_id, "nightly": nightly_run.run_id}
 
 
 # --------------------------------------------------------------------------- capture
@@ -320,17 +278,18 @@ async def main(out: Path, minutes: int) -> None:
     os.environ["TZ"] = "UTC"
     time.tzset()
     tmp = Path(tempfile.mkdtemp(prefix="flowdeck-shots-"))
-    svc = await start_service(ServiceConfig(seed=11, latency_scale=1.0, error_rate=0.04,
-                                            rate_limit_rate=0.02, retry_after=0.3))  # fmt: skip
+    config = DemoOptions(seed=11, outage=False).service_config()
+    svc = await start_service(config, separate_ports=True)
+    for script in OPENING_HICCUPS:
+        svc.service.add_script(script)
     store = Store.open(tmp / "demo.db")
-    clock = SimClock(START)
-    engine = Engine(store, clock=clock, max_concurrency=32)
+    engine = Engine(store, clock=CLOCK, max_concurrency=32)
     await engine.start()
     try:
-        print(f"running {minutes} simulated minutes of workflows…")
-        await history(engine, svc, clock, minutes)
-        live = await in_progress(engine, svc)
-        now = clock()
+        print(f"running {minutes} simulated minutes of the demo's workflows…")
+        operator = await history(engine, svc, minutes)
+        live = await in_progress(engine, svc, operator)
+        now = CLOCK()
         failed = store.query(
             "SELECT id FROM runs WHERE workflow = 'lint-check' ORDER BY created_at DESC LIMIT 1"
         )[0]["id"]
@@ -385,7 +344,7 @@ async def main(out: Path, minutes: int) -> None:
             ("overview", overview, SIZE),
             ("overview-80x24", overview, (80, 24)),
             ("overview-200x60", overview, (200, 60)),
-            ("run-retrying", bind(run_view, live["release"], "announce"), SIZE),
+            ("run-retrying", bind(run_view, live["notice"], "announce"), SIZE),
             ("run-100-steps-collapsed", bind(run_view, live["nightly"], "load_03"), SIZE),
             (
                 "run-100-steps-expanded",
@@ -393,7 +352,7 @@ async def main(out: Path, minutes: int) -> None:
                 SIZE,
             ),
             ("run-failed-hostile-output", bind(run_view, failed, "lint"), SIZE),
-            ("run-80x24", bind(run_view, live["release"], "announce"), (80, 24)),
+            ("run-80x24", bind(run_view, live["notice"], "announce"), (80, 24)),
             ("reviews", reviews, SIZE),
             ("history", history_, SIZE),
             ("history-undo-confirm", undo_confirm, SIZE),

@@ -80,3 +80,12 @@ def test_console_runs_in_a_real_terminal_and_quits_with_q(db_path: Path):
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_every_binding_has_an_id_to_remap_it():
+    from console.app import binding_ids
+
+    ids = binding_ids()
+    assert {"app.quit", "reviews.approve", "reviews.reject", "history.undo", "run.retry_now",
+            "run.cancel_step", "run.cancel_run", "overview.cancel_run", "dag.collapse",
+            "screen.filter", "screen.back", "app.help", "app.palette", "table.down"} <= ids  # fmt: skip

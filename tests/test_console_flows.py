@@ -319,3 +319,28 @@ async def test_cancel_of_a_run_no_engine_holds_happens_in_the_db(store, console_
         await wait_for(pilot, lambda: app.snapshot.runs[0].status == "cancelled", what="cancelled")
     assert store.query("SELECT status FROM steps") == [{"status": "cancelled"}]
     assert store.query("SELECT count(*) AS n FROM commands") == [{"n": 0}]
+
+
+@pytest.mark.parametrize(
+    ("size", "side_column", "plot"), [((80, 24), False, False), ((200, 60), True, True)]
+)
+async def test_overview_fits_80x24_and_uses_200x60(
+    engine, store, console_store, size, side_column, plot
+):
+    await engine.run(wf("sized", {"s": py("echo")}))
+    app = make_app(console_store, analytics="default")
+    async with app.run_test(size=size) as pilot:
+        await wait_for(
+            pilot, lambda: app.snapshot is not None and app.snapshot.analytics, what="analytics"
+        )
+        screen = app.screen
+        table = screen.query_one(RunsTable)
+        assert table.region.height >= 4 and table.region.width >= 60
+        assert screen.query_one("#events-panel").region.height >= 4
+        assert screen.query_one("#reviews-panel").region.height >= 4
+        assert screen.query_one("#ov-left").display is side_column
+        assert screen.query_one("#plot-panel").display is plot
+        if plot:
+            assert screen.query_one("#plot-panel").region.height >= 12
+        text = screen_text(app)
+        assert "sized" in text and "health" in text

@@ -18,7 +18,6 @@ class FilterBar(Horizontal):
 
     DEFAULT_CSS = """
     FilterBar {
-        dock: bottom;
         height: 1;
         display: none;
         background: $boost;
@@ -31,7 +30,7 @@ class FilterBar(Horizontal):
         padding: 0 1;
         color: $accent;
     }
-    FilterBar > Input {
+    FilterBar > Input, FilterBar > Input:focus {
         border: none;
         height: 1;
         padding: 0;

@@ -81,9 +81,7 @@ class LatencyPlot(PlotextPlot):
         plt.title("ms per minute")
         xs = list(range(len(points)))
         for index, (_, label, color) in enumerate(LINES, start=1):
-            plt.plot(
-                xs, [p[index] or 0 for p in points], label=label, color=color, marker="braille"
-            )
+            plt.plot(xs, [p[index] or 0 for p in points], label=label, color=color, marker="hd")
         step = max(1, len(points) // 4)
         ticks = xs[::step]
         plt.xticks(ticks, [time.strftime("%H:%M", time.localtime(points[i][0])) for i in ticks])

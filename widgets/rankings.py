@@ -41,7 +41,7 @@ class AgentRankings(LiveTable):
 
     def show(self, rankings: Sequence[Any]) -> None:
         if not rankings:
-            empty = Text("no calls yet", style="dim")
+            empty = Text("no agent with enough calls yet", style="dim")
             self.set_rows([("", (Text(""), empty, Text(""), Text(""), Text("")))])
             return
         self.set_rows(

@@ -78,9 +78,12 @@ def _candidates(candidates: object) -> Text:
         if i:
             text.append("\n")
         if isinstance(c, dict):
-            target = c.get("target") or c.get("name") or c.get("agent")
+            name = c.get("name") or c.get("target") or c.get("agent")
+            text.append_text(plain(f"{name}"))
+            if c.get("target") and c.get("target") != name:
+                text.append(" → ", style="dim")
+                text.append_text(plain(c["target"]))
             score = c.get("confidence", c.get("score"))
-            text.append_text(plain(f"{target}"))
             if isinstance(score, int | float):
                 text.append(" ")
                 text.append_text(confidence_text(float(score), "left"))
@@ -97,6 +100,12 @@ def decided_line(review: ReviewRow, now: float) -> Text:
     text.append(f"{review.status:<9}", style="green" if approved else "red")
     text.append(" ")
     text.append_text(plain(f"{review.run_id}/{review.step_id}", single_line=True))
+    if review.reviewer and not review.auto:
+        text.append(" by ", style="dim")
+        text.append_text(plain(review.reviewer, single_line=True, limit=24))
+    if review.choice:
+        text.append(" → ", style="dim")
+        text.append_text(plain(review.choice, single_line=True, limit=24))
     why = review.comment or (review.reason if review.auto else None)
     if why:
         text.append("  ")

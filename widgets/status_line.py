@@ -53,8 +53,6 @@ class StatusLine(Static):
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append("flowdeck ", style="bold")
         text.append(self.title_text, style="bold cyan")
-        if source:
-            text.append(f"  {source}", style="dim")
         counts = snap.run_counts
         for status, style in (("running", "cyan"), ("succeeded", "green"), ("failed", "red")):
             if counts.get(status):
@@ -71,4 +69,6 @@ class StatusLine(Static):
             style = HEALTH_STYLE.get(health.status, "")
             text.append("  health ", style="dim")
             text.append(f"{health.score:.0f}", style=f"bold {style}")
+        if source:  # last: on a narrow terminal the counts and alerts matter more
+            text.append(f"  {source}", style="dim")
         self.update(text, layout=False)

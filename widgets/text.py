@@ -98,7 +98,7 @@ def duration(seconds: float | None) -> str:
         return "-"
     if seconds < 0:
         seconds = 0.0
-    if seconds < 1:
+    if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"

@@ -39,10 +39,6 @@ class AnalyticsScreen(FlowdeckScreen):
     TITLE_TEXT = "analytics (last hour)"
 
     DEFAULT_CSS = """
-    AnalyticsScreen .panel {
-        border: round $foreground 25%;
-        border-title-style: bold;
-    }
     AnalyticsScreen #an-top { height: auto; max-height: 50%; }
     AnalyticsScreen #an-health { width: 1fr; height: auto; }
     AnalyticsScreen #an-agents { width: 1fr; height: 100%; min-height: 8; }

@@ -3,7 +3,7 @@ and the operator actions (decide a review, undo an entry, cancel a run) with the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import events, on, work
@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widget import Widget
 
-from console.screens.dialogs import CommentScreen, ConfirmScreen, DetailScreen
+from console.screens.dialogs import ChoiceScreen, CommentScreen, ConfirmScreen, DetailScreen
 from engine.errors import FlowdeckError
 from engine.views import ReviewRow, RunRow, Snapshot, UndoRow
 from widgets.filter_bar import FilterBar
@@ -30,6 +30,18 @@ class FlowdeckScreen(Screen):
 
     TITLE_TEXT = ""
     FILTER_PLACEHOLDER = "filter"
+
+    DEFAULT_CSS = """
+    FlowdeckScreen .panel {
+        border: round $foreground 25%;
+        border-title-color: $foreground 80%;
+        border-title-style: bold;
+        border-subtitle-color: $foreground 50%;
+    }
+    FlowdeckScreen .panel:focus-within {
+        border: round $accent;
+    }
+    """
 
     BINDINGS = [
         Binding("slash", "filter", "Filter", id="screen.filter"),
@@ -123,13 +135,32 @@ class FlowdeckScreen(Screen):
             )
             if comment is None:
                 return
+        choice: str | None = None
+        options = candidate_options(review)
+        if decision == "approve" and options:
+            best = max(range(len(options)), key=lambda i: options[i][2])
+            choice = await self.app.push_screen_wait(
+                ChoiceScreen(
+                    f"Route review #{review.id}: which one?",
+                    [(name, label) for name, label, _ in options],
+                    selected=best,
+                    body=plain(review.reason or ""),
+                )
+            )
+            if choice is None:
+                return
         try:
-            status = await self.fd_app.operator.decide(review.id, decision, comment or None)
+            status = await self.fd_app.operator.decide(
+                review.id, decision, comment or None, choice=choice
+            )
         except Exception as e:
             self.report(e)
             return
+        picked = f" ({choice})" if choice else ""
         self.notify(
-            f"review #{review.id} {status}: {review.step_id}", title="decision", markup=False
+            f"review #{review.id} {status}{picked}: {review.step_id}",
+            title="decision",
+            markup=False,
         )
         self.fd_app.feed.wake()
 
@@ -196,5 +227,19 @@ class FlowdeckScreen(Screen):
         self.fd_app.feed.wake()
 
 
-def first(items: Any) -> Any:
-    return next(iter(items), None)
+def candidate_options(review: ReviewRow) -> list[tuple[str, Text, float]]:
+    """(name, label, score) of a review's named candidates (route reviews); [] for others."""
+    out: list[tuple[str, Text, float]] = []
+    for c in review.candidates or []:
+        name = c.get("name") if isinstance(c, dict) else c
+        if not isinstance(name, str):
+            continue
+        score = c.get("confidence") if isinstance(c, dict) else None
+        score = float(score) if isinstance(score, int | float) else 0.0
+        label = plain(name)
+        if isinstance(c, dict) and c.get("target") and c["target"] != name:
+            label.append(" → ")
+            label.append_text(plain(c["target"]))
+        label.append(f"  {score:.2f}", style="dim")
+        out.append((name, label, score))
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import RenderableType
 from rich.text import Text
 from textual.app import ComposeResult
@@ -151,4 +153,77 @@ class DetailScreen(ModalScreen[None]):
         yield scroll
 
     def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """Pick one of several named options (a route review's candidates); `enter` picks, `esc`
+    cancels. Options are (name, label) with the label already safe rich Text."""
+
+    DEFAULT_CSS = """
+    ChoiceScreen {
+        align: center middle;
+    }
+    ChoiceScreen > Vertical {
+        width: 72;
+        max-width: 95%;
+        height: auto;
+        max-height: 80%;
+        border: thick $accent 70%;
+        background: $surface;
+        padding: 1 2;
+    }
+    ChoiceScreen #choice-title {
+        text-style: bold;
+        margin-bottom: 1;
+    }
+    ChoiceScreen OptionList {
+        height: auto;
+        max-height: 16;
+    }
+    ChoiceScreen #choice-hint {
+        color: $foreground 60%;
+        margin-top: 1;
+    }
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="choice.cancel")]
+
+    def __init__(
+        self,
+        title: str,
+        options: list[tuple[str, Text]],
+        *,
+        selected: int = 0,
+        body: Text | None = None,
+    ):
+        super().__init__()
+        self._title = title
+        self._options = options
+        self._selected = selected
+        self._body = body
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import OptionList
+        from textual.widgets.option_list import Option
+
+        with Vertical():
+            yield Label(Text(self._title), id="choice-title")
+            if self._body is not None:
+                yield Static(self._body)
+            yield OptionList(*(Option(label, id=name) for name, label in self._options))
+            yield Label("enter: approve this one   esc: cancel", id="choice-hint")
+
+    def on_mount(self) -> None:
+        from textual.widgets import OptionList
+
+        options = self.query_one(OptionList)
+        options.highlighted = self._selected
+        options.focus()
+
+    def on_option_list_option_selected(self, event: Any) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
         self.dismiss(None)

@@ -18,15 +18,12 @@ class HistoryScreen(FlowdeckScreen):
     FILTER_PLACEHOLDER = "entries whose run, step, action or status contains…"
 
     DEFAULT_CSS = """
-    HistoryScreen UndoHistory {
-        border: round $foreground 25%;
-        border-title-style: bold;
-    }
+    HistoryScreen UndoHistory { height: 1fr; }
     """
 
     def compose(self) -> ComposeResult:
         yield from self.compose_status()
-        panel = UndoHistory()
+        panel = UndoHistory(classes="panel")
         panel.border_title = "undo history · newest first"
         yield panel
         yield from self.compose_filter()

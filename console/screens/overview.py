@@ -32,16 +32,7 @@ class OverviewScreen(FlowdeckScreen):
     FILTER_PLACEHOLDER = "runs whose id, workflow or status contains…"
 
     DEFAULT_CSS = """
-    OverviewScreen .panel {
-        border: round $foreground 25%;
-        border-title-color: $foreground 80%;
-        border-title-style: bold;
-        border-subtitle-color: $foreground 50%;
-        height: 1fr;
-    }
-    OverviewScreen .panel:focus-within {
-        border: round $accent;
-    }
+    OverviewScreen .panel { height: 1fr; }
     OverviewScreen #ov-top { height: 1fr; }
     OverviewScreen #ov-left { width: 36; }
     OverviewScreen #ov-center { width: 1fr; }

@@ -18,15 +18,12 @@ class ReviewsScreen(FlowdeckScreen):
     FILTER_PLACEHOLDER = "reviews whose run, step, workflow, agent or operation contains…"
 
     DEFAULT_CSS = """
-    ReviewsScreen ReviewPanel {
-        border: round $foreground 25%;
-        border-title-style: bold;
-    }
+    ReviewsScreen ReviewPanel { height: 1fr; }
     """
 
     def compose(self) -> ComposeResult:
         yield from self.compose_status()
-        panel = ReviewPanel()
+        panel = ReviewPanel(classes="panel")
         panel.border_title = "pending reviews · oldest first"
         yield panel
         yield from self.compose_filter()

@@ -34,18 +34,8 @@ class RunScreen(FlowdeckScreen):
 
     DEFAULT_CSS = """
     RunScreen #run-body { height: 1fr; }
-    RunScreen DagView {
-        width: 3fr;
-        border: round $foreground 25%;
-        border-title-style: bold;
-    }
-    RunScreen DagView:focus { border: round $accent; }
-    RunScreen StepDetail {
-        width: 2fr;
-        min-width: 40;
-        border: round $foreground 25%;
-        border-title-style: bold;
-    }
+    RunScreen DagView { width: 3fr; }
+    RunScreen StepDetail { width: 2fr; min-width: 40; }
     RunScreen.-narrow #run-body { layout: vertical; }
     RunScreen.-narrow DagView { width: 1fr; height: 3fr; }
     RunScreen.-narrow StepDetail { width: 1fr; height: 2fr; min-width: 0; }
@@ -69,10 +59,10 @@ class RunScreen(FlowdeckScreen):
         yield from self.compose_status()
         yield RunHeader()
         with Horizontal(id="run-body"):
-            dag = DagView()
+            dag = DagView(classes="panel")
             dag.border_title = "steps by depth · arrows move · c collapse"
             yield dag
-            detail = StepDetail()
+            detail = StepDetail(classes="panel")
             detail.border_title = "step"
             yield detail
         yield from self.compose_filter()
