@@ -3,6 +3,7 @@ subprocesses checked through the demo DB and the process table."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -281,3 +282,35 @@ def test_console_demo_quits_on_q_and_leaves_nothing_behind(tmp_path: Path) -> No
     assert _query(db, "SELECT count(*) FROM runs WHERE status IN ('pending','running')") == [(0,)]
     assert (tmp_path / "demo.db.log").exists()
     assert watched.leftovers() == []
+
+
+async def test_a_chat_outage_trips_the_chat_breakers_only(tmp_path: Path) -> None:
+    """The demo's services listen on separate ports, so a chat outage opens the breakers of the
+    chat agent and the chat host and leaves the tracker, code host and LLM alone."""
+    from console.demo.session import DemoOptions, DemoSession
+
+    async def breaker_events(session: DemoSession) -> list[tuple[str, str]]:
+        await session.store.flush()
+        rows = await session.store.aread(
+            lambda db: list(
+                db.query("SELECT kind, data FROM events WHERE kind LIKE 'breaker.%' ORDER BY id")
+            )
+        )
+        return [(r["kind"], json.loads(r["data"])["key"]) for r in rows]
+
+    options = DemoOptions(fast=True, runs=6, outage=False)
+    async with DemoSession(options, tmp_path / "demo.db") as session:
+        service = session.running.service
+        service.update_config({"down": ["chat"]})
+        deadline = time.monotonic() + 60
+        while not any(k == "breaker.opened" for k, _ in await breaker_events(session)):
+            assert time.monotonic() < deadline, "no breaker opened while chat was down"
+            await asyncio.sleep(0.1)
+        service.update_config({"down": []})
+        await asyncio.wait_for(session.wait(), 120)
+        events = await breaker_events(session)
+    chat_host = "host:" + session.running.origins["chat"].removeprefix("http://")
+    opened = {key for kind, key in events if kind == "breaker.opened"}
+    assert opened == {"agent:chat", chat_host}
+    closed = [key for kind, key in events if kind == "breaker.closed"]
+    assert set(closed) == opened  # recovered once chat was back

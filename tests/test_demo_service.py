@@ -426,14 +426,14 @@ async def test_module_entry_serves_until_interrupted() -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()  # type: ignore[union-attr]
+        line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()  # type: ignore[union-attr]
         url = line.split(" on ")[1].split()[0]
         async with aiohttp.ClientSession() as http, http.get(f"{url}/admin/health") as resp:
             assert resp.status == 200
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        _, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 130
     assert b"Warning" not in err and b"Traceback" not in err
 
