@@ -14,9 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.store import Store
+from engine.store import Rows, Store, values_sql
 
 EVENT_SQL = "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?, ?, ?, ?, ?)"
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+EVENT_ROWS = Rows(
+    "events",
+    5,
+    lambda n: f"INSERT INTO events(ts, run_id, step_id, kind, data) VALUES {values_sql(5, n)}",
+)
+"""An event row (ts, run_id, step_id, kind, data); ids follow the order of `emit`."""
 
 
 @dataclass(slots=True)
@@ -62,8 +69,8 @@ class EventLog:
         self, kind: str, run_id: str | None = None, step_id: str | None = None, **data: Any
     ) -> Event:
         ev = Event(kind, run_id, step_id, data, self.clock())
-        encoded = json.dumps(data, separators=(",", ":"), default=str) if data else "{}"
-        self.store.execute(EVENT_SQL, (ev.ts, run_id, step_id, kind, encoded))
+        encoded = _ENCODE(data) if data else "{}"
+        self.store.put(EVENT_ROWS, (ev.ts, run_id, step_id, kind, encoded))
         for listener in self.listeners:
             listener(ev)
         return ev

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from engine import dag, recovery
 from engine.agents import Agent, AgentResources, StepCall, create
 from engine.breaker import Breaker, Breakers
+from engine.deadlines import Deadlines
 from engine.errors import Conflict, ErrorClass, NotFound, StepError
 from engine.events import EventLog
 from engine.expressions import ExpressionError, has_expressions, render
@@ -43,7 +44,7 @@ from engine.models import (
     check_step_transition,
 )
 from engine.retries import RetryBudget, run_with_retries
-from engine.store import Store
+from engine.store import Rows, Store, values_sql
 
 log = logging.getLogger("flowdeck.runner")
 
@@ -51,20 +52,39 @@ LEASE_SECONDS = 15.0
 HEARTBEAT_SECONDS = 5.0
 COMMAND_POLL_SECONDS = 0.2
 
-STEP_UPDATE = (
-    "UPDATE steps SET status=?, attempt=?, started_at=coalesce(?, started_at), ended_at=?, "
-    "duration_ms=?, output=coalesce(?, output), error=?, error_class=?, next_retry_at=?, "
-    "operation=coalesce(?, operation) WHERE run_id=? AND step_id=?"
+STEP_ROWS = Rows(
+    "steps",
+    12,
+    lambda n: (
+        "UPDATE steps SET status=v.column1, attempt=v.column2, "
+        "started_at=coalesce(v.column3, steps.started_at), ended_at=v.column4, "
+        "duration_ms=v.column5, output=coalesce(v.column6, steps.output), error=v.column7, "
+        "error_class=v.column8, next_retry_at=v.column9, "
+        "operation=coalesce(v.column10, steps.operation) "
+        f"FROM (VALUES {values_sql(12, n)}) AS v "
+        "WHERE steps.run_id=v.column11 AND steps.step_id=v.column12"
+    ),
+    key=(10, 11),
+    sticky=(2, 5, 9),
 )
-ATTEMPT_UPSERT = (
-    "INSERT INTO attempts(run_id, step_id, number, agent, operation, status, started_at, "
-    "ended_at, duration_ms, error_class, error, next_retry_at, prompt_tokens, completion_tokens) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id, step_id, number) DO UPDATE SET "
-    "status=excluded.status, ended_at=excluded.ended_at, duration_ms=excluded.duration_ms, "
-    "error_class=excluded.error_class, error=excluded.error, next_retry_at=excluded.next_retry_at, "
-    "prompt_tokens=excluded.prompt_tokens, completion_tokens=excluded.completion_tokens, "
-    "operation=coalesce(excluded.operation, operation)"
+"""A step row's state: (status, attempt, started_at, ended_at, duration_ms, output, error,
+error_class, next_retry_at, operation, run_id, step_id); the last per step in a batch wins."""
+ATTEMPT_ROWS = Rows(
+    "attempts",
+    14,
+    lambda n: (
+        "INSERT INTO attempts(run_id, step_id, number, agent, operation, status, started_at, "
+        "ended_at, duration_ms, error_class, error, next_retry_at, prompt_tokens, "
+        f"completion_tokens) VALUES {values_sql(14, n)} "
+        "ON CONFLICT(run_id, step_id, number) DO UPDATE SET "
+        "status=excluded.status, ended_at=excluded.ended_at, duration_ms=excluded.duration_ms, "
+        "error_class=excluded.error_class, error=excluded.error, "
+        "next_retry_at=excluded.next_retry_at, prompt_tokens=excluded.prompt_tokens, "
+        "completion_tokens=excluded.completion_tokens, "
+        "operation=coalesce(excluded.operation, operation)"
+    ),
 )
+"""An attempt row, inserted or updated (a durable start first writes it `running`)."""
 RUN_UPDATE = (
     "UPDATE runs SET status=?, started_at=coalesce(?, started_at), ended_at=?, error=?, "
     "owner=?, lease_until=? WHERE id=?"
@@ -136,8 +156,13 @@ def owner_is_dead(owner: str) -> bool:
         return False
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if type(value) is dict and not value:
+        return "{}"
+    return _ENCODE(value)
 
 
 class Executor(Protocol):
@@ -341,8 +366,8 @@ class RunExecution:
         return a.concurrency if a is not None else None
 
     def _write_step(self, st: StepState, *, output: str | None = None) -> None:
-        self.store.execute(
-            STEP_UPDATE,
+        self.store.put(
+            STEP_ROWS,
             (
                 st.status.value,
                 st.attempt,
@@ -415,7 +440,7 @@ class RunExecution:
             self.outside -= 1
             waiter.set_result(None)
             return
-        st.task = asyncio.create_task(self._run_step(st), name=f"{self.run_id}:{st.id}")
+        st.task = asyncio.create_task(self._run_step(st))  # unnamed: naming costs per step
 
     def release_slot(self, st: StepState) -> None:
         """Give back the step's concurrency slots (engine, run, agent) while it waits for
@@ -568,13 +593,13 @@ class RunExecution:
             st.in_flight = True
             if st.spec.destructive or st.spec.idempotent is False:
                 # Committed before the call: a crash can never hide a call that was made.
-                self.store.execute(
-                    ATTEMPT_UPSERT,
+                self.store.put(
+                    ATTEMPT_ROWS,
                     (self.run_id, st.id, number, agent_id, st.operation, "running", now, None,
                      None, None, None, None, None, None),
                 )  # fmt: skip
                 await self.store.flush()
-            async with asyncio.timeout(st.timeout):
+            async with self.engine.deadlines.after(st.timeout):
                 output = await self.engine.executor.execute(ctx.agent, call)
             encoded = _dumps(output)
         except TimeoutError:
@@ -599,8 +624,8 @@ class RunExecution:
             else:
                 st.in_flight = False
                 status, cls, message = "cancelled", ErrorClass.CANCELLED.value, "cancelled"
-            self.store.execute(
-                ATTEMPT_UPSERT,
+            self.store.put(
+                ATTEMPT_ROWS,
                 (self.run_id, st.id, number, agent_id, call.operation or st.operation, status,
                  now, end, (end - now) * 1000, cls, message, None, None, None),
             )  # fmt: skip
@@ -624,7 +649,7 @@ class RunExecution:
             st.failed_attempt = row
             st.error, st.error_class = error.message, error.error_class.value
             raise error
-        self.store.execute(ATTEMPT_UPSERT, row)
+        self.store.put(ATTEMPT_ROWS, row)
         st.output_json = encoded
         return output
 
@@ -645,7 +670,7 @@ class RunExecution:
         row = st.failed_attempt
         if row is not None:
             st.failed_attempt = None
-            self.store.execute(ATTEMPT_UPSERT, (*row[:11], next_retry_at, *row[12:]))
+            self.store.put(ATTEMPT_ROWS, (*row[:11], next_retry_at, *row[12:]))
 
     def _on_retry(self, st: StepState, n: int, err: BaseException, wait: float) -> None:
         st.next_retry_at = self.engine.clock() + wait
@@ -836,6 +861,8 @@ class Engine:
         """Retry budget per agent id, shared by every run of this engine."""
         self.resources = AgentResources()
         self.executor: Executor = executor or LocalExecutor()
+        self.deadlines = Deadlines()
+        """Per-attempt timeouts (one loop timer for all of them)."""
         self.max_concurrency = max_concurrency
         """Steps running at once across all runs of this engine."""
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

@@ -6,6 +6,13 @@ transaction (`db.atomic()`), commits, then resolves the waiting futures. Everyth
 queue order (consecutive statements with the same SQL go to one `executemany`), so the result is
 the same as running the queue one statement at a time.
 
+The engine's hot writes (events, step rows, attempt rows: several per step) are `Rows`: rows
+of one declared statement that commute with the rows of every other `Rows`. Between two other
+queue items the writer gathers them per statement, keeps only the last row per key where a
+statement has one, and writes each group as a few multi-row statements. That keeps the writer's
+Python (and its hold on the GIL, which the event loop needs) to a few calls per batch instead
+of one per row, and lets SQLite's own work run beside the loop.
+
 Reads use one connection per thread (`reader()`); `aread()` runs a read in a worker thread.
 
 Opening checks the file before anything is written: not SQLite, truncated, locked past the
@@ -15,11 +22,11 @@ busy timeout, newer schema or unwritable all raise `DatabaseError` and leave the
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -37,8 +44,10 @@ log = logging.getLogger("flowdeck.store")
 T = TypeVar("T")
 SQLITE_HEADER = b"SQLite format 3\x00"
 MAX_BATCH = 20_000
+CHUNK = 128
+"""Most rows in one multi-row statement of a `Rows` (SQLite allows 32766 variables)."""
 
-_SQL, _CALL, _BARRIER, _STOP = range(4)
+_SQL, _CALL, _BARRIER, _STOP, _ROWS = range(5)
 
 _OPEN: dict[str, int] = {}
 """Files this process has open as stores (resolved path -> count). Reading such a file with
@@ -107,6 +116,83 @@ def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("COMMIT")
 
 
+class Rows:
+    """A statement the writer may batch: rows queued with `Store.put(rows, values)`.
+
+    `sql(n)` is the statement for `n` rows (values flattened in row order). Rows of one `Rows`
+    keep their order; rows of different `Rows` must commute (different tables, no trigger of one
+    reading another's table), because the writer writes each group at once. With `key` (indexes
+    into a row) only the last row per key is written, merged with the earlier ones: a None at a
+    `sticky` index keeps the earlier value (the statement's `coalesce(?, column)`), so the
+    result is that of writing every row in turn.
+    """
+
+    __slots__ = ("_cache", "key", "name", "sql", "sticky", "width")
+
+    def __init__(
+        self,
+        name: str,
+        width: int,
+        sql: Callable[[int], str],
+        *,
+        key: tuple[int, ...] | None = None,
+        sticky: tuple[int, ...] = (),
+    ):
+        self.name = name
+        self.width = width
+        self.sql = sql
+        self.key = key
+        self.sticky = sticky
+        self._cache: dict[int, str] = {}
+
+    def statement(self, n: int) -> str:
+        text = self._cache.get(n)
+        if text is None:
+            text = self._cache[n] = self.sql(n)
+        return text
+
+    def chunks(self, rows: list[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
+        """(statement, flat values) covering `rows` in order, in chunks of powers of two up to
+        CHUNK rows, so a connection prepares at most a few distinct statements per `Rows`."""
+        i, n = 0, len(rows)
+        while i < n:
+            left = n - i
+            size = CHUNK if left >= CHUNK else 1 << (left.bit_length() - 1)
+            flat = [v for row in rows[i : i + size] for v in row]
+            yield self.statement(size), flat
+            i += size
+
+    def merge(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
+        """The last row per key (merged as described above), in order of each key's last row."""
+        key = self.key
+        if key is None:
+            return rows
+        last: dict[tuple, Sequence[Any]] = {}
+        sticky = self.sticky
+        for row in rows:
+            k = tuple(row[i] for i in key)
+            old = last.pop(k, None)
+            if old is not None and sticky:
+                row = list(row)
+                for i in sticky:
+                    if row[i] is None:
+                        row[i] = old[i]
+            last[k] = row
+        return list(last.values())
+
+
+def values_sql(width: int, n: int) -> str:
+    """`(?,?,..),(?,?,..)...`: n rows of `width` placeholders."""
+    one = "(" + ",".join("?" * width) + ")"
+    return ",".join([one] * n)
+
+
+def _write_groups(conn: sqlite3.Connection, groups: dict[Rows, list[Sequence[Any]]]) -> None:
+    for rows, values in groups.items():
+        for sql, flat in rows.chunks(rows.merge(values)):
+            conn.execute(sql, flat)
+
+
 class Store:
     """A flowdeck SQLite file. Use `Store.open(path)`; call `close()` when done."""
 
@@ -124,7 +210,12 @@ class Store:
         self.synchronous = synchronous
         """`PRAGMA synchronous` of every connection (NORMAL is durable at commit with WAL
         except on power loss; FULL survives that too)."""
-        self._q: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._items: collections.deque[tuple] = collections.deque()
+        """The queue: (kind, a, b, future) items, appended by any thread, drained by the writer."""
+        self._idle = False
+        """The writer is about to wait for `_wake` (set before it looks at `_items` a last time,
+        so a producer either sees it or its item is seen)."""
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -229,7 +320,7 @@ class Store:
         self._closed = True
         if self._thread is not None and self._thread.is_alive():
             done: concurrent.futures.Future[None] = concurrent.futures.Future()
-            self._q.put((_STOP, None, None, done))
+            self._push((_STOP, None, None, done))
             self._thread.join()
         with self._readers_lock:
             for conn in self._readers:
@@ -250,11 +341,27 @@ class Store:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue one statement; it commits with the next batch (within milliseconds)."""
-        self._q.put((_SQL, sql, params, None))
+        self._items.append((_SQL, sql, params, None))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def put(self, rows: Rows, values: Sequence[Any]) -> None:
+        """Queue one row of a batched statement (see `Rows`); it commits with the next batch."""
+        self._items.append((_ROWS, rows, values, None))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         for params in rows:
-            self._q.put((_SQL, sql, params, None))
+            self.execute(sql, params)
+
+    def _push(self, item: tuple) -> None:
+        self._items.append(item)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     def call(self, fn: Callable[[sqlite_utils.Database], T]) -> concurrent.futures.Future[T]:
         """Run `fn(db)` in the writer thread, in its own savepoint; resolved after commit."""
@@ -262,7 +369,7 @@ class Store:
         if self._closed:
             fut.set_exception(DatabaseError(f"{self.path}: store is closed"))
             return fut
-        self._q.put((_CALL, fn, None, fut))
+        self._push((_CALL, fn, None, fut))
         return fut
 
     async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
@@ -276,12 +383,12 @@ class Store:
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._q.put((_BARRIER, None, None, fut))
+        self._push((_BARRIER, None, None, fut))
         await asyncio.wrap_future(fut)
 
     def flush_sync(self) -> None:
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._q.put((_BARRIER, None, None, fut))
+        self._push((_BARRIER, None, None, fut))
         fut.result()
 
     def _writer(self, ready: concurrent.futures.Future[None]) -> None:
@@ -291,15 +398,17 @@ class Store:
             ready.set_exception(e if isinstance(e, DatabaseError) else DatabaseError(str(e)))
             return
         ready.set_result(None)
-        q = self._q
+        items, wake = self._items, self._wake
         try:
             while True:
-                batch = [q.get()]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(q.get_nowait())
-                    except queue.Empty:
-                        break
+                if not items:
+                    self._idle = True
+                    if not items:
+                        wake.wait()
+                    wake.clear()
+                    self._idle = False
+                    continue
+                batch = [items.popleft() for _ in range(min(len(items), MAX_BATCH))]
                 if self._process(db, batch):
                     break
         finally:
@@ -311,11 +420,27 @@ class Store:
         conn = db.conn
         try:
             with _write_transaction(conn):
-                # Consecutive statements with the same SQL run as one executemany; anything
-                # else runs in queue order, so the result is that of running the queue in order.
+                # Consecutive statements with the same SQL run as one executemany, `Rows` between
+                # two other items as one group each; anything else runs in queue order, so the
+                # result is that of running the queue in order. (At most one of `run_rows` and
+                # `groups` is non-empty at any time.)
                 run_sql: str | None = None
                 run_rows: list[Sequence[Any]] = []
+                groups: dict[Rows, list[Sequence[Any]]] = {}
                 for kind, a, b, fut in batch:
+                    if kind == _ROWS:
+                        if run_rows:
+                            conn.executemany(run_sql, run_rows)
+                            run_sql, run_rows = None, []
+                        group = groups.get(a)
+                        if group is None:
+                            groups[a] = [b]
+                        else:
+                            group.append(b)
+                        continue
+                    if groups:
+                        _write_groups(conn, groups)
+                        groups = {}
                     if kind == _SQL:
                         if a is run_sql or a == run_sql:
                             run_rows.append(b)
@@ -338,6 +463,8 @@ class Store:
                         stop = stop or kind == _STOP
                 if run_rows:
                     conn.executemany(run_sql, run_rows)
+                if groups:
+                    _write_groups(conn, groups)
             self.commits += 1
         except sqlite3.Error as e:
             if len(batch) > 1:

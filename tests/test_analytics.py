@@ -18,8 +18,10 @@ from bench.analytics import naive_compute
 from engine import analytics, migrations
 from engine.analytics import compute, normalize_error, parse_window, rank_of
 from engine.errors import InputError
-from engine.runner import ATTEMPT_UPSERT
+from engine.runner import ATTEMPT_ROWS
 from engine.store import Store
+
+ATTEMPT_UPSERT = ATTEMPT_ROWS.statement(1)
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 HOUR = 3600.0

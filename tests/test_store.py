@@ -10,6 +10,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import migrations
 from engine.errors import DatabaseError
@@ -235,3 +237,121 @@ def test_a_file_open_in_this_process_is_not_read_again(db_path, monkeypatch):
     third = Store.open(db_path)
     third.close()
     assert seen == [db_path]  # nothing had it open any more: checked as usual
+
+
+# --------------------------------------------------------------------------- batched rows
+
+STEP_IDS = ["a", "b", "c"]
+
+
+def _seed(conn_or_db) -> None:
+    conn_or_db.execute(
+        "INSERT INTO runs(id, workflow, spec, status, created_at) VALUES ('r', 'w', '{}', 'running', 0)"
+    )
+    for sid in STEP_IDS:
+        conn_or_db.execute(
+            "INSERT INTO steps(run_id, step_id, status) VALUES ('r', ?, 'pending')", (sid,)
+        )
+
+
+def _state(read) -> tuple:
+    return (
+        read("SELECT step_id, status, attempt, started_at, output, operation FROM steps ORDER BY 1"),
+        read("SELECT run_id, step_id, number, status, duration_ms FROM attempts ORDER BY 1, 2, 3"),
+        read("SELECT id, step_id, kind FROM events ORDER BY id"),
+        read("SELECT grain, agent, status, n FROM attempt_rollup ORDER BY 1, 2, 3"),
+    )
+
+
+_step_row = st.tuples(
+    st.sampled_from(["running", "retrying", "succeeded"]),
+    st.integers(1, 3),
+    st.one_of(st.none(), st.floats(1, 2)),
+    st.none(),
+    st.none(),
+    st.one_of(st.none(), st.sampled_from(['{"x":1}', "{}"])),
+    st.none(),
+    st.none(),
+    st.none(),
+    st.one_of(st.none(), st.sampled_from(["op1", "op2"])),
+    st.just("r"),
+    st.sampled_from(STEP_IDS),
+)
+_attempt_row = st.tuples(
+    st.just("r"), st.sampled_from(STEP_IDS), st.integers(1, 2), st.just("agent"),
+    st.sampled_from(["op1", None]), st.sampled_from(["running", "failed", "succeeded"]),
+    st.just(1.0), st.just(2.0), st.floats(0, 500), st.none(), st.none(), st.none(),
+    st.none(), st.none(),
+)  # fmt: skip
+_event_row = st.tuples(
+    st.just(1.0), st.just("r"), st.sampled_from(STEP_IDS), st.sampled_from(["k1", "k2"]),
+    st.just("{}"),
+)  # fmt: skip
+_plain_sql = st.sampled_from(
+    [
+        ("UPDATE steps SET status = 'pending', output = NULL WHERE step_id = 'a'", ()),
+        ("INSERT INTO events(ts, run_id, step_id, kind) VALUES (9, 'r', 'b', 'plain')", ()),
+        ("DELETE FROM attempts WHERE step_id = 'c'", ()),
+    ]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("step"), _step_row),
+            st.tuples(st.just("attempt"), _attempt_row),
+            st.tuples(st.just("event"), _event_row),
+            st.tuples(st.just("sql"), _plain_sql),
+        ),
+        max_size=60,
+    )
+)
+def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_factory, ops):
+    """Rows gathered per statement, merged per key and written as multi-row statements leave
+    the database exactly as one statement per row in queue order would (triggers included)."""
+    from engine.events import EVENT_ROWS
+    from engine.runner import ATTEMPT_ROWS, STEP_ROWS
+
+    kinds = {"step": STEP_ROWS, "attempt": ATTEMPT_ROWS, "event": EVENT_ROWS}
+    d = tmp_path_factory.mktemp("rows")
+    plain = sqlite3.connect(d / "plain.db", isolation_level=None)
+    migrations.migrate(plain)
+    _seed(plain)
+    for kind, row in ops:
+        if kind == "sql":
+            plain.execute(*row)
+        else:
+            plain.execute(kinds[kind].statement(1), row)
+    expected = _state(lambda q: plain.execute(q).fetchall())
+    plain.close()
+
+    with Store.open(d / "batched.db") as s:
+        s.run_sync(_seed)
+        gate = threading.Event()
+        blocker = s.call(lambda db: gate.wait(5))  # everything below becomes one batch
+        for kind, row in ops:
+            if kind == "sql":
+                s.execute(*row)
+            else:
+                s.put(kinds[kind], row)
+        gate.set()
+        blocker.result()
+        s.flush_sync()
+        got = _state(lambda q: [tuple(r.values()) for r in s.query(q)])
+    assert got == expected
+
+
+def test_rows_chunks_cover_every_row_in_order():
+    from engine.store import CHUNK, Rows, values_sql
+
+    rows = Rows("t", 2, lambda n: f"INSERT INTO t VALUES {values_sql(2, n)}")
+    for n in (1, 2, 3, 7, CHUNK - 1, CHUNK, CHUNK + 5, 3 * CHUNK + 77):
+        data = [(i, -i) for i in range(n)]
+        chunks = list(rows.chunks(data))
+        flat = [v for _, values in chunks for v in values]
+        assert flat == [v for row in data for v in row]
+        for sql, values in chunks:
+            assert sql.count("?") == len(values)
+        assert len({sql for sql, _ in chunks}) <= CHUNK.bit_length()
