@@ -190,7 +190,7 @@ def _core(conn: sqlite3.Connection) -> None:
             overridden INTEGER NOT NULL DEFAULT 0,
             reviewer TEXT
         );
-        """
+        """,
     )
 
 

@@ -256,7 +256,9 @@ def _seed(conn_or_db) -> None:
 
 def _state(read) -> tuple:
     return (
-        read("SELECT step_id, status, attempt, started_at, output, operation FROM steps ORDER BY 1"),
+        read(
+            "SELECT step_id, status, attempt, started_at, output, operation FROM steps ORDER BY 1"
+        ),
         read("SELECT run_id, step_id, number, status, duration_ms FROM attempts ORDER BY 1, 2, 3"),
         read("SELECT id, step_id, kind FROM events ORDER BY id"),
         read("SELECT grain, agent, status, n FROM attempt_rollup ORDER BY 1, 2, 3"),
@@ -296,7 +298,9 @@ _plain_sql = st.sampled_from(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     ops=st.lists(
         st.one_of(
