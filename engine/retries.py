@@ -100,21 +100,24 @@ async def run_with_retries(
     on_retry: Callable[[int, BaseException, float], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     allow: Callable[[StepError], str | None] | None = None,
+    first_error: StepError | None = None,
 ) -> T:
     """Call `attempt(n)` for n = 1.. until it returns, the policy gives up or the error is final.
 
     `allow(error)` is asked before each retry the policy wants; it returns None to go on or a
     message, which ends the step with an `ErrorClass.BUDGET` error carrying that message.
     `on_retry(next_number, error, wait_seconds)` runs before each wait.
-    The last error is raised as is.
+    The last error is raised as is. `first_error`: attempt 1 was made by the caller and failed
+    with it (callers whose first attempt usually succeeds skip this function's set-up then).
     """
-    try:
-        return await attempt(1)
-    except StepError as first:
-        if policy.attempts <= 1 or not should_retry(policy, first):
-            raise
-        _check_allowed(allow, first)
-        first_error = first
+    if first_error is None:
+        try:
+            return await attempt(1)
+        except StepError as first:
+            first_error = first
+    if policy.attempts <= 1 or not should_retry(policy, first_error):
+        raise first_error
+    _check_allowed(allow, first_error)
 
     async def guarded(n: int) -> T:
         try:

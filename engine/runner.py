@@ -97,6 +97,8 @@ INTERRUPTED_ATTEMPT = (
 )
 INTERRUPTED_MESSAGE = "the engine stopped during this attempt; its outcome is unknown"
 DEFAULT_AGENT_BUDGET = RetryBudgetSpec()
+STEP_EVENT = {status: f"step.{status.value}" for status in StepStatus}
+"""Event kind of each step status."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,6 +111,7 @@ class Plan:
     timeouts: dict[str, float]
     has_expr: dict[str, bool]
     spec_json: str
+    agent_limits: dict[str, int | None]
 
 
 def plan_for(spec: WorkflowSpec) -> Plan:
@@ -121,6 +124,7 @@ def plan_for(spec: WorkflowSpec) -> Plan:
             timeouts={sid: spec.timeout_for(s) for sid, s in spec.steps.items()},
             has_expr={sid: has_expressions(s.with_) for sid, s in spec.steps.items()},
             spec_json=spec.model_dump_json(by_alias=True),
+            agent_limits={aid: a.concurrency for aid, a in spec.agents.items()},
         )
         spec._cache["plan"] = plan
     return plan
@@ -362,8 +366,7 @@ class RunExecution:
         return (self.spec.name, st.spec.agent or "")
 
     def agent_limit(self, st: StepState) -> int | None:
-        a = self.spec.agents.get(st.spec.agent or "")
-        return a.concurrency if a is not None else None
+        return self.plan.agent_limits.get(st.spec.agent or "")
 
     def _write_step(self, st: StepState, *, output: str | None = None) -> None:
         self.store.put(
@@ -392,7 +395,7 @@ class RunExecution:
             self.ended += 1
         output = data.pop("_output", None)
         self._write_step(st, output=output)
-        self.events.emit(f"step.{status.value}", self.run_id, st.id, **data)
+        self.events.emit(STEP_EVENT[status], self.run_id, st.id, **data)
 
     def _set_run(self, status: RunStatus, **data: Any) -> None:
         check_run_transition(self.status, status)
@@ -546,13 +549,20 @@ class RunExecution:
                 st.output_json = None
                 output = skip.output
             else:
-                output = await run_with_retries(
-                    st.policy,
-                    lambda n: self._attempt(st, ctx, params, n),
-                    on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
-                    sleep=lambda seconds: self._backoff(st, seconds),
-                    allow=lambda err: self._allow_retry(ctx, err),
-                )
+                first: StepError | None = None
+                try:  # the first attempt outside `run_with_retries`: most steps need no more
+                    output = await self._attempt(st, ctx, params, 1)
+                except StepError as e:
+                    first = e
+                if first is not None:
+                    output = await run_with_retries(
+                        st.policy,
+                        lambda n: self._attempt(st, ctx, params, n),
+                        on_retry=lambda n, err, wait: self._on_retry(st, n, err, wait),
+                        sleep=lambda seconds: self._backoff(st, seconds),
+                        allow=lambda err: self._allow_retry(ctx, err),
+                        first_error=first,
+                    )
         except BaseException as e:
             for hook in reversed(entered):
                 await hook.failed(self, st, e)

@@ -44,8 +44,10 @@ log = logging.getLogger("flowdeck.store")
 T = TypeVar("T")
 SQLITE_HEADER = b"SQLite format 3\x00"
 MAX_BATCH = 20_000
-CHUNK = 128
-"""Most rows in one multi-row statement of a `Rows` (SQLite allows 32766 variables)."""
+CHUNK_SIZES = (64, 8, 1)
+"""Rows per multi-row statement of a `Rows`, largest first: a group of n rows is written as
+n // 64 statements of 64 rows, then 8s, then singles. Few sizes keep the statements a new
+connection must prepare few (preparing one can cost as much as writing a hundred rows)."""
 
 _SQL, _CALL, _BARRIER, _STOP, _ROWS = range(5)
 
@@ -152,15 +154,12 @@ class Rows:
         return text
 
     def chunks(self, rows: list[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
-        """(statement, flat values) covering `rows` in order, in chunks of powers of two up to
-        CHUNK rows, so a connection prepares at most a few distinct statements per `Rows`."""
+        """(statement, flat values) covering `rows` in order, in chunks of `CHUNK_SIZES`."""
         i, n = 0, len(rows)
-        while i < n:
-            left = n - i
-            size = CHUNK if left >= CHUNK else 1 << (left.bit_length() - 1)
-            flat = [v for row in rows[i : i + size] for v in row]
-            yield self.statement(size), flat
-            i += size
+        for size in CHUNK_SIZES:
+            while n - i >= size:
+                yield self.statement(size), [v for row in rows[i : i + size] for v in row]
+                i += size
 
     def merge(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
         """The last row per key (merged as described above), in order of each key's last row."""
@@ -213,9 +212,12 @@ class Store:
         self._items: collections.deque[tuple] = collections.deque()
         """The queue: (kind, a, b, future) items, appended by any thread, drained by the writer."""
         self._idle = False
-        """The writer is about to wait for `_wake` (set before it looks at `_items` a last time,
+        """The writer is about to wait on `_wake` (set before it looks at `_items` a last time,
         so a producer either sees it or its item is seen)."""
-        self._wake = threading.Event()
+        self._wake = threading.Lock()
+        """Held while the writer has nothing to do; released by a producer to wake it (a plain
+        lock: waking costs a C call, not a `threading.Event`'s condition variable)."""
+        self._wake.acquire()
         self._thread: threading.Thread | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -343,15 +345,13 @@ class Store:
         """Queue one statement; it commits with the next batch (within milliseconds)."""
         self._items.append((_SQL, sql, params, None))
         if self._idle:
-            self._idle = False
-            self._wake.set()
+            self._kick()
 
     def put(self, rows: Rows, values: Sequence[Any]) -> None:
         """Queue one row of a batched statement (see `Rows`); it commits with the next batch."""
         self._items.append((_ROWS, rows, values, None))
         if self._idle:
-            self._idle = False
-            self._wake.set()
+            self._kick()
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         for params in rows:
@@ -360,8 +360,14 @@ class Store:
     def _push(self, item: tuple) -> None:
         self._items.append(item)
         if self._idle:
-            self._idle = False
-            self._wake.set()
+            self._kick()
+
+    def _kick(self) -> None:
+        self._idle = False
+        try:
+            self._wake.release()
+        except RuntimeError:  # another producer woke it first
+            pass
 
     def call(self, fn: Callable[[sqlite_utils.Database], T]) -> concurrent.futures.Future[T]:
         """Run `fn(db)` in the writer thread, in its own savepoint; resolved after commit."""
@@ -404,8 +410,7 @@ class Store:
                 if not items:
                     self._idle = True
                     if not items:
-                        wake.wait()
-                    wake.clear()
+                        wake.acquire()  # until a producer releases it
                     self._idle = False
                     continue
                 batch = [items.popleft() for _ in range(min(len(items), MAX_BATCH))]

@@ -348,14 +348,14 @@ def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_fact
 
 
 def test_rows_chunks_cover_every_row_in_order():
-    from engine.store import CHUNK, Rows, values_sql
+    from engine.store import CHUNK_SIZES, Rows, values_sql
 
     rows = Rows("t", 2, lambda n: f"INSERT INTO t VALUES {values_sql(2, n)}")
-    for n in (1, 2, 3, 7, CHUNK - 1, CHUNK, CHUNK + 5, 3 * CHUNK + 77):
+    for n in (0, 1, 2, 3, 7, 8, 9, 63, 64, 65, 64 * 3 + 8 * 5 + 7):
         data = [(i, -i) for i in range(n)]
         chunks = list(rows.chunks(data))
         flat = [v for _, values in chunks for v in values]
         assert flat == [v for row in data for v in row]
         for sql, values in chunks:
             assert sql.count("?") == len(values)
-        assert len({sql for sql, _ in chunks}) <= CHUNK.bit_length()
+        assert {sql for sql, _ in chunks} <= {rows.statement(k) for k in CHUNK_SIZES}

@@ -157,7 +157,7 @@ def _plain(value: Any, depth: int = 0) -> bool:
 
 def to_json_value(value: Any, what: str) -> Any:
     """`value` as plain JSON data (tuples become lists); StepError(VALIDATION) if it is not JSON."""
-    if _plain(value):
+    if (type(value) is dict and not value) or _plain(value):
         return value
     try:
         return json.loads(json.dumps(value, allow_nan=False))
