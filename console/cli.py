@@ -18,18 +18,21 @@ from engine.errors import Conflict, DatabaseError, InputError, NotFound, Workflo
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_DB, EXIT_CONFLICT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
-COMMAND_MODULES = [
-    "console.commands.workflows",
-    "console.commands.runs",
-    "console.commands.reviews",
-    "console.commands.stats",
-    "console.commands.undo",
-    "console.commands.console",
-    "console.commands.serve",
-    "console.commands.demo",
-    "console.commands.breakers",
-]
-"""Modules that add subcommands, in help order."""
+COMMANDS = {
+    "console.commands.workflows": ("validate", "run", "resume"),
+    "console.commands.runs": ("runs", "show", "cancel"),
+    "console.commands.reviews": ("reviews", "approve", "reject", "prefs", "routes"),
+    "console.commands.stats": ("stats", "prune"),
+    "console.commands.undo": ("history", "undo"),
+    "console.commands.console": ("console",),
+    "console.commands.serve": ("serve",),
+    "console.commands.demo": ("demo",),
+    "console.commands.breakers": ("breakers",),
+}
+"""Modules that add subcommands (in help order) and the subcommands each adds. A command line
+naming one of them imports only its module: `flowdeck run` starts its first step sooner when it
+does not load the console, the HTTP server or rich tables first."""
+COMMAND_MODULES = list(COMMANDS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +49,26 @@ def common_options() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _module_for(argv: Sequence[str]) -> str | None:
+    """The module of the subcommand `argv` names, if it names one (first non-option word)."""
+    words = iter(argv)
+    for word in words:
+        if word.startswith("-"):
+            if word in ("-h", "--help"):
+                return None
+            if word == "--db":
+                next(words, None)
+            continue
+        for module, names in COMMANDS.items():
+            if word in names:
+                return module
+        return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with `argv` naming a subcommand, only that subcommand's module is loaded."""
+    only = _module_for(argv) if argv is not None else None
     parser = _Parser(
         prog="flowdeck",
         description="A terminal console for agent workflows.",
@@ -54,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in [only] if only else COMMAND_MODULES:
         importlib.import_module(name).register(sub, common_options())
     return parser
 
@@ -65,8 +87,8 @@ def error(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     from engine.config import load_settings
 
     try:

@@ -224,3 +224,32 @@ def test_cancel_from_another_process(cli, tmp_path):
     proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert cli("show", run_id, "--json", "--db", str(db)).json()["status"] == "cancelled"
+
+
+def test_command_table_names_what_each_module_registers():
+    """`flowdeck X` loads only X's module, found through `COMMANDS`: it must stay true."""
+    import argparse
+    import importlib
+
+    from console import cli
+
+    for module, names in cli.COMMANDS.items():
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        importlib.import_module(module).register(sub, cli.common_options())
+        assert tuple(sub.choices) == names, module
+
+
+def test_only_the_named_commands_module_is_loaded():
+    code = (
+        "import sys; from console import cli\n"
+        "cli.build_parser(['--db', 'x.db', 'run', 'wf.yaml'])\n"
+        "print(' '.join(m for m in sys.modules if m.startswith(('console.commands.', 'rich', "
+        "'aiohttp', 'textual'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "console.commands.workflows" in out
+    assert not [m for m in out if m.startswith(("rich", "aiohttp", "textual"))], out
+    assert "console.commands.serve" not in out and "console.commands.stats" not in out

@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from console import output
 from console.cli import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK
 from console.commands.common import open_store
-from console.progress import RunProgress
-from engine.config import Settings
 from engine.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -38,6 +38,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from console import output
     from engine.loader import check_files
 
     problems = check_files(args.files)
@@ -98,13 +99,23 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
 
     engine = Engine(store, max_concurrency=settings.max_concurrency)
     engine.undo.history_cap = settings.history_cap
+    early: list[Any] = []  # events until the progress display is up
+    unsubscribe = engine.events.subscribe(early.append)
     await engine.start()
     try:
         if "resume" in how:
             run = await engine.resume(how["resume"])
         else:
             run = await engine.submit(how["spec"], how["inputs"], source=how["source"])
+        # Let the first steps start before loading the display (rich): it can come up a few
+        # milliseconds later, the work need not wait for it.
+        await asyncio.sleep(0)
+        from console.progress import RunProgress
+
         progress = RunProgress(run.run_id, run.spec.name, len(run.spec.steps), live=not args.json)
+        unsubscribe()
+        for ev in early:
+            progress.on_event(ev)
         engine.events.subscribe(progress.on_event)
         stop = _install_signals(engine, settings.grace)
         try:
@@ -114,6 +125,8 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
             stop()
     finally:
         await engine.aclose()
+    from console import output
+
     if args.json:
         output.print_json(store.read(lambda db: queries.get_run(db, run.run_id)))
     else:
@@ -131,6 +144,8 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
 
 
 def _summary(run: Any, status: Any) -> None:
+    from console import output
+
     counts: dict[str, int] = {}
     for st in run.steps.values():
         counts[st.status.value] = counts.get(st.status.value, 0) + 1
@@ -150,6 +165,8 @@ def _install_signals(engine: Any, grace: float) -> Any:
     state: dict[str, Any] = {"n": 0, "tasks": []}
 
     def handler(signame: str) -> None:
+        from console import output
+
         state["n"] += 1
         if state["n"] == 1:
             output.stderr.print(
