@@ -276,7 +276,11 @@ def test_killed_destructive_step_marked_done_is_not_repeated(service, tmp_path):
         "         json: {text: closed}}}\n",
     )
     db = tmp_path / "f.db"
-    run_id = run_and_kill(wf, db, "close", tmp_path)
+
+    def received(run_id: str) -> bool:  # the close reached the server (killed while in flight)
+        return bool(service.calls(f"{run_id}:close")["calls"])
+
+    run_id = run_and_kill(wf, db, "close", tmp_path, until=received)
     key = f"{run_id}:close"
     wait_for(lambda: service.calls(key)["calls"] and service.calls(key)["calls"][0]["effects"],
              what="the close landed on the server")  # fmt: skip

@@ -102,6 +102,7 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
     early: list[Any] = []  # events until the progress display is up
     unsubscribe = engine.events.subscribe(early.append)
     await engine.start()
+    stop = _install_signals(engine, settings.grace)
     try:
         if "resume" in how:
             run = await engine.resume(how["resume"])
@@ -117,13 +118,10 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
         for ev in early:
             progress.on_event(ev)
         engine.events.subscribe(progress.on_event)
-        stop = _install_signals(engine, settings.grace)
-        try:
-            with progress:
-                status = await run.wait()
-        finally:
-            stop()
+        with progress:
+            status = await run.wait()
     finally:
+        stop()
         await engine.aclose()
     from console import output
 
