@@ -251,12 +251,16 @@ def main() -> None:
     print(f"GET /api/runs:       {requests / seconds:8.0f} req/s  "
           f"p50 {statistics.median(r['p50_ms'] for r in results):.1f} ms  "
           f"p99 {max(r['p99_ms'] for r in results):.1f} ms  ({requests} requests, {failed} failed)")  # fmt: skip
-    print(f"SSE:                 {len(sse)} streams, events per stream "
-          f"{min(s['events'] for s in sse)}..{max(s['events'] for s in sse)} "
-          f"(emitted {min(expected)}..{max(expected)} per round), {complete}/{len(sse)} complete, "
-          f"gaps {sum(s['gaps'] for s in sse)}, duplicates {sum(s['duplicates'] for s in sse)}, "
-          f"reconnects {sum(s['reconnects'] for s in sse)}, "
-          f"dropped {sum(r['dropped'] for r in results)}")  # fmt: skip
+    if not sse:
+        print("SSE:                 no streams (--sse 0)")
+    else:
+        print(f"SSE:                 {len(sse)} streams, events per stream "
+              f"{min(s['events'] for s in sse)}..{max(s['events'] for s in sse)} "
+              f"(emitted {min(expected)}..{max(expected)} per round), {complete}/{len(sse)} "
+              f"complete, gaps {sum(s['gaps'] for s in sse)}, "
+              f"duplicates {sum(s['duplicates'] for s in sse)}, "
+              f"reconnects {sum(s['reconnects'] for s in sse)}, "
+              f"dropped {sum(r['dropped'] for r in results)}")  # fmt: skip
     with contextlib.suppress(OSError):
         for f in tmp.iterdir():
             f.unlink()
