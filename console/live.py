@@ -6,7 +6,8 @@ committed, or the UI asked for other data through `request`), it reads one consi
 `Snapshot` (engine/views.py) and posts `SnapshotReady`. Posts are spaced at least
 `1 / max_rate` seconds apart and a newer `SnapshotReady` replaces an older one still queued
 (`can_replace`), so the UI draws at most `max_rate` times a second and always the newest state.
-An operator action calls `wake()` so its effect shows without waiting for the next turn. With
+An operator action calls `wake()` so its effect shows without waiting for the next turn; that
+poll is quick (opening a run reads only that run, analytics due wait for the next turn). With
 nothing new, the last snapshot is re-posted with a fresh clock once a second (countdowns).
 """
 
@@ -116,7 +117,7 @@ class LiveFeed:
                     break
             snapshot: Snapshot | None = None
             try:
-                snapshot = self.reader.poll(self.clock())
+                snapshot = self.reader.poll(self.clock(), quick=urgent)
                 self.polls += 1
             except DatabaseError as e:
                 post(FeedFailed(str(e)))

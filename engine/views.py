@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlite_utils
@@ -631,18 +631,41 @@ class SnapshotReader:
         self._specs: dict[str, tuple[str, dict[str, tuple[str, Any]]]] = {}
         self._count = 0
 
-    def poll(self, now: float, *, force: bool = False) -> Snapshot | None:
-        """A new snapshot if the data or the request changed (or `force`), else None."""
-        return self._read(lambda db: self._poll(db, now, force))
+    def poll(self, now: float, *, force: bool = False, quick: bool = False) -> Snapshot | None:
+        """A new snapshot if the data or the request changed (or `force`), else None.
 
-    def _poll(self, db: sqlite_utils.Database, now: float, force: bool) -> Snapshot | None:
+        `quick` (an operator waits for the answer): read only what that answer needs. When
+        only `request.run_id` changed, the new run is read and the rest of the last snapshot
+        kept; otherwise analytics due now wait for the next poll that is not quick. Data
+        that changed meanwhile is read in full by the next poll."""
+        return self._read(lambda db: self._poll(db, now, force, quick))
+
+    def _poll(
+        self, db: sqlite_utils.Database, now: float, force: bool, quick: bool = False
+    ) -> Snapshot | None:
         request = self.request
         version = data_version(db)
         if not force and version == self._version and request == self._request_seen:
             return None
+        last, seen = self.last, self._request_seen
+        if (
+            quick
+            and not force
+            and last is not None
+            and seen is not None
+            and request.run_id
+            and request != seen
+            and replace(request, run_id=seen.run_id) == seen
+        ):
+            self._count += 1
+            run = run_view(db, request.run_id, spec_cache=self._specs)
+            snap = replace(last, now=now, version=self._count, run=run)
+            self._request_seen = request  # self._version stays: new data is read next time
+            self.last = snap
+            return snap
         db.execute("BEGIN")
         try:
-            snap = self._snapshot(db, request, now, version)
+            snap = self._snapshot(db, request, now, version, analytics=not quick)
         finally:
             db.execute("COMMIT")
         self._version = version
@@ -651,7 +674,13 @@ class SnapshotReader:
         return snap
 
     def _snapshot(
-        self, db: sqlite_utils.Database, req: SnapshotRequest, now: float, version: int
+        self,
+        db: sqlite_utils.Database,
+        req: SnapshotRequest,
+        now: float,
+        version: int,
+        *,
+        analytics: bool = True,
     ) -> Snapshot:
         if self._last_event == 0:
             self.events.extend(recent_events(db, limit=self.events.maxlen or 200))
@@ -659,7 +688,14 @@ class SnapshotReader:
             self.events.extend(events_after(db, self._last_event, limit=self.events.maxlen or 200))
         if self.events:
             self._last_event = self.events[-1].id
-        if self.analytics_fn is not None and now - self._analytics_at >= self.analytics_every:
+        if (
+            analytics
+            and self.analytics_fn is not None
+            and (
+                self._analytics_at == float("-inf")
+                or now - self._analytics_at >= self.analytics_every
+            )
+        ):
             self._analytics = self.analytics_fn(db, now)
             self._analytics_at = now
         self._count += 1

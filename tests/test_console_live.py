@@ -38,13 +38,13 @@ def test_feed_polls_one_at_a_time_and_posts_at_most_max_rate(store, db_path):
     lock = threading.Lock()
     poll = feed.reader.poll
 
-    def counted(now: float, *, force: bool = False):
+    def counted(now: float, **kw):
         nonlocal inside, most
         with lock:
             inside += 1
             most = max(most, inside)
         try:
-            return poll(now, force=force)
+            return poll(now, **kw)
         finally:
             with lock:
                 inside -= 1

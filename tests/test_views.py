@@ -122,3 +122,46 @@ async def test_snapshot_reader_reads_only_when_something_changed(store, db_path)
         assert snap.last_event_id == snap.events[-1].id
     finally:
         other.close()
+
+
+async def test_quick_poll_reads_only_the_opened_run_and_defers_analytics(store, db_path):
+    """An operator opening a run waits for one run, not for a whole snapshot: a quick poll
+    after only `run_id` changed reads that run and keeps the rest; analytics due during a
+    quick poll wait for the next full one; data committed meanwhile is read by the next poll."""
+    import dataclasses
+
+    from engine.store import Store
+
+    calls: list[float] = []
+
+    def analytics(db, now):
+        calls.append(now)
+        return {"at": now}
+
+    engine = Engine(store)
+    await engine.start()
+    other = Store.open(db_path)
+    try:
+        first = await engine.run(wf("w", {"a": py("echo")}))
+        reader = SnapshotReader(other.read, analytics=analytics, analytics_every=3.0)
+        full = reader.poll(1000.0)
+        assert full is not None and calls == [1000.0]
+        await engine.run(wf("w", {"a": py("echo")}))  # new data the quick poll leaves for later
+        await store.flush()
+        reader.request = dataclasses.replace(reader.request, run_id=first.run_id)
+        quick = reader.poll(1010.0, quick=True)
+        assert quick is not None and quick.run is not None and quick.run.run.id == first.run_id
+        assert quick.runs is full.runs and quick.events is full.events  # kept, not re-read
+        assert quick.now == 1010.0 and quick.version > full.version
+        assert calls == [1000.0]  # analytics were due, but an operator was waiting
+        nxt = reader.poll(1011.0)  # not quick: the new run and the analytics now
+        assert nxt is not None and len(nxt.runs) == 2 and nxt.run.run.id == first.run_id
+        assert calls == [1000.0, 1011.0] and nxt.analytics == {"at": 1011.0}
+        assert reader.poll(1012.0) is None
+        # a quick poll that is not only a change of run reads everything but analytics
+        reader.request = dataclasses.replace(reader.request, runs_filter="w")
+        filtered = reader.poll(1020.0, quick=True)
+        assert filtered is not None and len(filtered.runs) == 2 and calls[-1] == 1011.0
+    finally:
+        await engine.aclose()
+        other.close()
