@@ -413,11 +413,23 @@ async def test_latency_is_injected_when_scaled(demo: Demo) -> None:
 # ---- process entry ------------------------------------------------------------------------------
 
 
-async def test_module_entry_serves_until_interrupted() -> None:
+@pytest.mark.parametrize(
+    ("sig", "inherited"),
+    [("SIGINT", "default"), ("SIGINT", "ignored"), ("SIGTERM", "default")],
+)
+async def test_module_entry_serves_until_interrupted(sig: str, inherited: str) -> None:
+    """Ctrl-C or SIGTERM stop it cleanly (130), also when it was started with SIGINT ignored,
+    as a shell without job control starts a background job (`pytest &` in a script)."""
+    entry = ["-m", "console.demo.service"]
+    if inherited == "ignored":  # ignore SIGINT as such a shell does, then exec the same entry
+        entry = [
+            "-c",
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'console.demo.service', *sys.argv[1:]])",
+        ]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "console.demo.service",
+        *entry,
         "--port",
         "0",
         "--latency-scale",
@@ -432,9 +444,14 @@ async def test_module_entry_serves_until_interrupted() -> None:
             assert resp.status == 200
     finally:
         if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 130
+            proc.send_signal(getattr(signal, sig))
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 90)
+        finally:
+            if proc.returncode is None:  # never leave it behind, even when the check failed
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 130, err.decode()[-2000:]
     assert b"Warning" not in err and b"Traceback" not in err
 
 

@@ -22,7 +22,7 @@ under `/v1`).
 
 Python API: `create_app(config) -> web.Application` and `await start_service(config, host, port)
 -> RunningService` (`.url`, `.port`, `.app`, `.service`, `await .stop()`). Manual runs:
-`python -m console.demo.service --port 8765`.
+`python -m console.demo.service --port 8765` (Ctrl-C or SIGTERM stops it, exit 130).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import logging
 import math
 import random
 import re
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -1463,22 +1464,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
         return 2
 
-    async def serve() -> None:
+    async def serve() -> int:
         running = await start_service(config, args.host, args.port)
+        # Our own handlers, like every flowdeck command: a process started in the background
+        # by a shell without job control inherits SIGINT ignored, and Python then never
+        # raises KeyboardInterrupt; SIGTERM would kill it without stopping the service.
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
         print(f"flowdeck demo service on {running.url} (Ctrl-C stops)", flush=True)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
             await running.stop()
+        return 130
 
     try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
+        return asyncio.run(serve())
+    except KeyboardInterrupt:  # before the handlers are in place
         return 130
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
