@@ -19,6 +19,16 @@ def _json(value: str | None) -> Any:
         return value
 
 
+STEPS_DONE_SQL = (
+    "CASE WHEN r.status IN ('succeeded','failed','cancelled') THEN r.steps_total "
+    "ELSE (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status IN "
+    "('succeeded','failed','skipped','cancelled','rejected')) END"
+)
+"""`steps_done` of the run `r`: steps ended. A run ends only once every step has (the engine
+ends it then; a cancel without an engine ends its steps in the same transaction), so an ended
+run is not counted row by row: listing runs costs the same for 5-step and 1,000-step runs."""
+
+
 def list_runs(
     db: sqlite_utils.Database, *, limit: int = 50, status: str | None = None
 ) -> list[dict[str, Any]]:
@@ -28,9 +38,7 @@ def list_runs(
         db.query(
             f"""
             SELECT r.id, r.workflow, r.status, r.created_at, r.started_at, r.ended_at, r.error,
-                   r.steps_total,
-                   (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status IN
-                     ('succeeded','failed','skipped','cancelled','rejected')) AS steps_done
+                   r.steps_total, {STEPS_DONE_SQL} AS steps_done
             FROM runs r {where}
             ORDER BY r.created_at DESC, r.id DESC
             LIMIT :limit

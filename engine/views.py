@@ -21,6 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from engine.expressions import ExpressionError, has_expressions, render
+from engine.queries import STEPS_DONE_SQL
 
 RUN_ENDED = ("succeeded", "failed", "cancelled")
 STEP_ENDED = ("succeeded", "failed", "skipped", "cancelled", "rejected")
@@ -316,8 +317,7 @@ class Snapshot:
 
 _RUN_COLUMNS = (
     "r.id, r.workflow, r.status, r.created_at, r.started_at, r.ended_at, r.error, r.steps_total, "
-    "(SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status IN "
-    "('succeeded','failed','skipped','cancelled','rejected')) AS steps_done"
+    f"{STEPS_DONE_SQL} AS steps_done"
 )
 
 

@@ -165,3 +165,69 @@ async def test_quick_poll_reads_only_the_opened_run_and_defers_analytics(store, 
     finally:
         await engine.aclose()
         other.close()
+
+
+async def test_listing_runs_counts_steps_only_for_runs_not_ended(tmp_path):
+    """A run ends only once every step has, so an ended run's progress is its step total: the
+    runs list (console and GET /api/runs) does the same SQLite work for a 1-step and a 200-step
+    ended run (virtual-machine steps counted with SQLite's progress handler, not timed), while a
+    run still going counts its ended steps."""
+    import asyncio
+
+    from engine import queries
+    from engine.store import Store
+    from tests.helpers.console import GATES
+
+    def measured(store, fn):
+        def read(db):
+            ops = [0]
+
+            def tick() -> int:
+                ops[0] += 1
+                return 0
+
+            db.conn.set_progress_handler(tick, 1)
+            try:
+                rows = fn(db)
+                return ops[0], rows
+            finally:
+                db.conn.set_progress_handler(None, 1)
+
+        return store.read(read)
+
+    cost: dict[int, list[int]] = {}
+    for n in (1, 200):
+        store = Store.open(tmp_path / f"{n}.db")
+        engine = Engine(store)
+        await engine.start()
+        try:
+            await engine.run(wf("w", {f"s{i:03d}": py("echo") for i in range(n)}))
+            await store.flush()
+            ops_page, page = measured(store, lambda db: runs_page(db))
+            ops_api, api = measured(store, lambda db: queries.list_runs(db))
+            assert [(r.status, r.steps_done, r.steps_total) for r in page] == [("succeeded", n, n)]
+            assert [(r["steps_done"], r["steps_total"]) for r in api] == [(n, n)]
+            cost[n] = [ops_page, ops_api]
+            if n == 200:  # a run going on: 2 of 3 steps ended, one waits on a gate
+                GATES.pop("views-progress", None)
+                waiting = py("gate", args={"name": "views-progress"})
+                going = await engine.submit(
+                    wf("g", {"a": py("echo"), "b": py("echo"), "c": waiting})
+                )
+                for _ in range(500):
+                    await store.flush()
+                    rows = store.read(lambda db: runs_page(db))
+                    if rows[0].steps_done == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert (rows[0].id, rows[0].status, rows[0].steps_done) == (
+                    going.run_id,
+                    "running",
+                    2,
+                )
+                GATES["views-progress"].set()
+                await going.wait()
+        finally:
+            await engine.aclose()
+            store.close()
+    assert cost[200][0] < 2 * cost[1][0] and cost[200][1] < 2 * cost[1][1], cost
