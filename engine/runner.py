@@ -112,6 +112,10 @@ class Plan:
     has_expr: dict[str, bool]
     spec_json: str
     agent_limits: dict[str, int | None]
+    waiting: dict[str, int]
+    """Distinct needs of each step."""
+    step_rows: list[tuple]
+    """Each step's `steps` row but the run id (what `submit` inserts)."""
 
 
 def plan_for(spec: WorkflowSpec) -> Plan:
@@ -125,7 +129,16 @@ def plan_for(spec: WorkflowSpec) -> Plan:
             has_expr={sid: has_expressions(s.with_) for sid, s in spec.steps.items()},
             spec_json=spec.model_dump_json(by_alias=True),
             agent_limits={aid: a.concurrency for aid, a in spec.agents.items()},
+            waiting={sid: len(set(s.needs)) for sid, s in spec.steps.items()},
+            step_rows=[],
         )
+        depth, policies = plan.depths, plan.policies
+        plan.step_rows.extend(
+            (sid, s.agent, spec.agents[s.agent].kind if s.agent in spec.agents
+             else ("route" if s.route else None), "pending", s.priority, depth[sid],
+             _dumps(s.needs), int(s.destructive), policies[sid].attempts)
+            for sid, s in spec.steps.items()
+        )  # fmt: skip
         spec._cache["plan"] = plan
     return plan
 
@@ -302,7 +315,7 @@ class RunExecution:
                     id=sid,
                     spec=s,
                     status=pending,
-                    waiting=len(set(s.needs)),
+                    waiting=plan.waiting[sid],
                     policy=plan.policies[sid],
                     timeout=plan.timeouts[sid],
                     has_expr=plan.has_expr[sid],
@@ -963,7 +976,6 @@ class Engine:
         run_id = new_run_id()
         run = RunExecution(self, run_id, spec, inputs)
         now = self.clock()
-        depth = run.plan.depths
         spec_json = run.plan.spec_json
 
         def create_rows(db: Any) -> None:
@@ -976,13 +988,8 @@ class Engine:
             db.conn.executemany(
                 "INSERT INTO steps(run_id, step_id, agent, kind, status, priority, depth, needs, "
                 "destructive, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (run_id, sid, s.agent, spec.agents[s.agent].kind if s.agent in spec.agents
-                     else ("route" if s.route else None), "pending", s.priority, depth[sid],
-                     _dumps(s.needs), int(s.destructive), run.steps[sid].policy.attempts)
-                    for sid, s in spec.steps.items()
-                ],
-            )  # fmt: skip
+                [(run_id, *row) for row in run.plan.step_rows],
+            )
 
         await self.store.run(create_rows)
         self.events.emit("run.created", run_id, None, workflow=spec.name, steps=len(spec.steps))
