@@ -425,6 +425,22 @@ def _breakers_retry_at(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE breakers ADD COLUMN retry_at REAL")
 
 
+def _list_indexes(conn: sqlite3.Connection) -> None:
+    """Indexes the console and API lists read: the runs list (`engine.views.runs_page`,
+    `engine.queries.list_runs`) newest first from a covering index, without walking each row's
+    `spec` overflow pages; recent decisions newest first by `decided_at` (pending reviews have
+    none, so they are outside the range scanned)."""
+    _script(
+        conn,
+        """
+        CREATE INDEX runs_list ON runs(
+            created_at, id, workflow, status, started_at, ended_at, error, steps_total
+        );
+        CREATE INDEX reviews_decided ON reviews(decided_at)
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_core", _core),
     ("0002_analytics", _analytics),
@@ -432,6 +448,7 @@ MIGRATIONS: list[Migration] = [
     ("0004_latency_hist", _latency_hist),
     ("0005_reviews", _reviews),
     ("0006_breakers_retry_at", _breakers_retry_at),
+    ("0007_list_indexes", _list_indexes),
 ]
 """Every migration in order. Append only."""
 

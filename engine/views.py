@@ -399,7 +399,8 @@ def decided_reviews(db: sqlite_utils.Database, *, limit: int = 10) -> list[Revie
     """The most recent decisions (by a person or a learned preference)."""
     rows = db.query(
         "SELECT rv.*, r.workflow FROM reviews rv LEFT JOIN runs r ON r.id = rv.run_id "
-        "WHERE rv.status <> 'pending' ORDER BY rv.id DESC LIMIT ?",
+        "WHERE rv.decided_at IS NOT NULL AND rv.status <> 'pending' "
+        "ORDER BY rv.decided_at DESC, rv.id DESC LIMIT ?",
         [limit],
     )
     return [_review_row(r) for r in rows]

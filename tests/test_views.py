@@ -10,6 +10,7 @@ from engine.runner import Engine
 from engine.views import (
     SnapshotReader,
     UndoRow,
+    decided_reviews,
     pending_reviews,
     run_view,
     runs_page,
@@ -80,6 +81,69 @@ def test_pending_reviews_oldest_first(store):
     rows = store.read(lambda db: pending_reviews(db))
     assert [r.id for r in rows] == [older, newer]
     assert rows[0].params == {"n": 1} and rows[0].candidates == [{"target": "x"}]
+
+
+def test_recent_decisions_newest_decision_first_from_the_decided_at_index(store):
+    """Reviews are decided in another order than they were opened: the most recent decision
+    comes first, read through an index on decided_at (pending ones are not scanned)."""
+    first, second, third = (_review(store, f"r{i}", 100.0 + i) for i in range(3))
+    _review(store, "r9", 150.0)  # still pending: not a decision
+    for review_id, at in ((second, 300.0), (third, 200.0), (first, 400.0)):
+        store.run_sync(
+            lambda db, review_id=review_id, at=at: db.execute(
+                "UPDATE reviews SET status='approved', reviewer='x', decided_at=? WHERE id=?",
+                (at, review_id),
+            )
+        )
+    rows = store.read(lambda db: decided_reviews(db))
+    assert [r.id for r in rows] == [first, second, third]
+    assert [r.id for r in store.read(lambda db: decided_reviews(db, limit=2))] == [first, second]
+    plan = store.read(
+        lambda db: [
+            r[3]
+            for r in db.execute(
+                "EXPLAIN QUERY PLAN SELECT rv.*, r.workflow FROM reviews rv "
+                "LEFT JOIN runs r ON r.id = rv.run_id WHERE rv.decided_at IS NOT NULL "
+                "AND rv.status <> 'pending' ORDER BY rv.decided_at DESC, rv.id DESC LIMIT 10"
+            )
+        ]
+    )
+    assert any("reviews_decided" in p for p in plan), plan
+    assert not any("TEMP B-TREE" in p for p in plan), plan
+
+
+def _plan(store, sql: str, params) -> list[str]:
+    return store.read(lambda db: [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)])
+
+
+def test_runs_list_reads_a_covering_index_not_the_rows(store):
+    """The runs list (console and GET /api/runs) never reads `runs` rows (their large `spec`
+    sits before the listed columns): a covering index gives the columns in list order."""
+    import engine.queries as queries
+
+    seen: list[str] = []
+
+    def capture(db):
+        real = db.query
+
+        def query(sql, params=None):
+            seen.append(sql)
+            return real(sql, params)
+
+        db.query = query
+        try:
+            runs_page(db)
+            runs_page(db, text="fan")
+            queries.list_runs(db)
+        finally:
+            del db.query
+
+    store.read(capture)
+    assert len(seen) == 3
+    for sql in seen:
+        plan = _plan(store, sql, {"limit": 50, "t": "fan", "status": None})
+        assert any("USING COVERING INDEX runs_list" in p for p in plan), (sql, plan)
+        assert not any("TEMP B-TREE" in p for p in plan), plan
 
 
 def test_undo_row_says_why_it_cannot_be_undone():
