@@ -344,3 +344,52 @@ async def test_overview_fits_80x24_and_uses_200x60(
             assert screen.query_one("#plot-panel").region.height >= 12
         text = screen_text(app)
         assert "sized" in text and "health" in text
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48), (200, 60)])
+async def test_health_score_and_run_header_fit_every_size(engine, store, console_store, size):
+    """The health score is on screen at every size (first in the status line; the health
+    panel too from 100 columns), and the run header keeps every step count: nothing cut."""
+    import re
+
+    GATES.pop("held", None)
+    await engine.run(wf("fine", {"s": py("echo")}))
+    await engine.run(wf("broken", {"s": py("fail")}))
+    steps = {
+        "a": py("gate", args={"name": "held"}), "b": py("echo", ["a"]),
+        "c": py("echo", review={"when": "always", "reason": "asks"}),
+        "d": py("fail"), "e": py("echo", ["d"]),
+    }  # fmt: skip
+    held = await engine.submit(wf("held", steps))
+    app = make_app(console_store, analytics="default")
+    async with app.run_test(size=size) as pilot:
+        await wait_for(
+            pilot,
+            lambda: app.snapshot is not None and app.snapshot.analytics
+            and app.snapshot.pending_count == 1 and app.snapshot.run_counts.get("failed"),
+            what="analytics, a review and a failed run",
+        )  # fmt: skip
+        score = f"{app.snapshot.analytics.health.score:.0f}"
+        await wait_for(
+            pilot,
+            lambda: re.search(rf"\bhealth {score}\b", screen_text(app).splitlines()[0]),
+            what="health score in the status line",
+        )
+        if size[0] >= 100:
+            assert app.screen.query_one("#health-panel").region.height >= 3
+            assert f"{score}/100" in screen_text(app)
+        app.open_run(held.run_id)
+        await wait_for(
+            pilot,
+            lambda: "skipped" in str(step_status(app, "e")) and "○" in screen_text(app),
+            what="run shown",
+        )
+
+        def header() -> str:
+            return screen_text(app).splitlines()[1]
+
+        await wait_for(pilot, lambda: held.run_id in header(), what="run header")
+        line = header()
+        assert "…" not in line, line
+        for symbol in ("●", "◇", "✗", "–", "○"):
+            assert symbol in line, line

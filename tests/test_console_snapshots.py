@@ -82,6 +82,11 @@ def test_dag_view_hundred_steps_collapsed(snap_compare):
     check(snap_compare, DagView(), lambda w: w.show("r2", data.wide_steps(), NOW), size=(120, 30))
 
 
+def test_dag_view_label_cut_at_the_right_edge_ends_with_an_ellipsis(snap_compare):
+    # 119 columns cut the last column's member list right after "s72," (then a blank).
+    check(snap_compare, DagView(), lambda w: w.show("r2", data.wide_steps(), NOW), size=(119, 30))
+
+
 def test_dag_view_hundred_steps_expanded_scrolls_to_selection(snap_compare):
     check(
         snap_compare, DagView(), lambda w: w.show("r2", data.wide_steps(), NOW),
@@ -103,7 +108,14 @@ def test_run_header(snap_compare):
     from engine.views import RunView
 
     view = RunView(data.runs()[2], {}, "", tuple(data.release_steps()), None, None)
-    check(snap_compare, RunHeader(), lambda w: w.show(view, NOW, view.run.id), size=(100, 3))
+    check(snap_compare, RunHeader(), lambda w: w.show(view, NOW, view.run.id), size=(150, 3))
+
+
+def test_run_header_at_80_columns_keeps_every_count(snap_compare):
+    from engine.views import RunView
+
+    view = RunView(data.runs()[2], {}, "", tuple(data.release_steps()), None, None)
+    check(snap_compare, RunHeader(), lambda w: w.show(view, NOW, view.run.id), size=(80, 3))
 
 
 def test_review_panel(snap_compare):
@@ -151,14 +163,27 @@ def test_event_log(snap_compare):
     check(snap_compare, EventLog(), lambda w: w.show(data.events()), size=(100, 8))
 
 
-def test_status_line(snap_compare):
+def _status_snapshot():
     from types import SimpleNamespace
 
     from engine.views import Snapshot
 
-    snap = Snapshot(
+    return Snapshot(
         now=NOW, version=1, run_counts={"running": 2, "succeeded": 40, "failed": 3},
         pending_reviews=tuple(data.reviews()), pending_count=2, breakers=tuple(data.breakers()),
         analytics=SimpleNamespace(health=data.health()),
     )  # fmt: skip
-    check(snap_compare, StatusLine("overview"), lambda w: w.show(snap, "demo.db"), size=(120, 2))
+
+
+def test_status_line(snap_compare):
+    snap = _status_snapshot()
+    check(snap_compare, StatusLine("overview"), lambda w: w.show(snap, "demo.db"), size=(140, 2))
+
+
+def test_status_line_at_80_columns_keeps_the_health_score(snap_compare):
+    snap = _status_snapshot()
+    check(snap_compare, StatusLine("overview"), lambda w: w.show(snap, "demo.db"), size=(80, 2))
+
+
+def test_agent_rankings_empty_says_so_across_the_panel(snap_compare):
+    check(snap_compare, AgentRankings(), lambda w: w.show([]), size=(34, 4))

@@ -122,6 +122,7 @@ class DagView(ScrollView, can_focus=True):
         self._graph_shape: tuple | None = None
         self._lay: Layout | None = None
         self._strips: list[Strip] = []
+        self._texts: list[str] = []
         self._run_id: str | None = None
         self._dirty = False
         self._labels_now: dict[str, tuple[str, str]] = {}
@@ -300,6 +301,7 @@ class DagView(ScrollView, can_focus=True):
                         chars[y + 1][x] = "─"
                         styles[y + 1][x] = edge_style
         self._strips = []
+        self._texts = ["".join(row) for row in chars]
         for row_chars, row_styles in zip(chars, styles, strict=True):
             segments: list[Segment] = []
             run: list[str] = []
@@ -325,7 +327,13 @@ class DagView(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         if row >= len(self._strips):
             return Strip.blank(width, self.rich_style)
-        return self._strips[row].crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        strip = self._strips[row].crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        text, end = self._texts[row], scroll_x + width
+        if width > 1 and end < len(text) and _is_label(text[end - 1]) and _goes_on(text, end):
+            # A label goes on past the right edge: say so rather than cut it silently.
+            style = next((seg.style for seg in strip.crop(width - 1, width)), None)
+            strip = Strip.join([strip.crop(0, width - 1), Strip([Segment("…", style)], 1)])
+        return strip
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -434,6 +442,16 @@ class DagView(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self._scroll_to_selected()
+
+
+def _is_label(ch: str) -> bool:
+    """A character of a node's text (not blank, not part of an edge)."""
+    return ch != " " and not ("\u2500" <= ch <= "\u257f") and ch != "▶"
+
+
+def _goes_on(text: str, x: int) -> bool:
+    """The label text continues at column `x` (or after one blank, as in `a, b`)."""
+    return _is_label(text[x]) or (text[x] == " " and x + 1 < len(text) and _is_label(text[x + 1]))
 
 
 def _shorten(text: str, width: int) -> str:

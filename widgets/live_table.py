@@ -122,6 +122,8 @@ class LiveTable(ScrollView, can_focus=True):
         """Draw the cursor row (a read-only list sets False)."""
         self.columns: list[Column] = []
         """The columns, in order."""
+        self.empty: Text | None = None
+        """Shown across the whole width under the header while there are no rows."""
         self._keys: list[str] = []
         self._rows: list[tuple[Cell, ...]] = []
         self._cache: dict[object, tuple[tuple, Strip]] = {}
@@ -227,6 +229,17 @@ class LiveTable(ScrollView, can_focus=True):
         ]
         return Strip(segments, width).simplify()
 
+    def _empty_line(self, width: int, style: Style) -> Strip:
+        assert self.empty is not None
+        line = Text(" ", no_wrap=True, end="")
+        line.append_text(self.empty)
+        line.truncate(width, overflow="ellipsis", pad=True)
+        segments = [
+            Segment(seg.text, style + seg.style if seg.style else style)
+            for seg in line.render(self.app.console)
+        ]
+        return Strip(segments, width).simplify()
+
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         base = self.rich_style
@@ -240,6 +253,8 @@ class LiveTable(ScrollView, can_focus=True):
             self._cache[None] = (signature, strip)
             return strip
         index = y - 1 + int(self.scroll_y)
+        if index == 0 and not self._rows and self.empty is not None:
+            return self._empty_line(width, base)
         if index >= len(self._rows):
             return Strip.blank(width, base)
         cursor = self.show_cursor and index == self.cursor_row

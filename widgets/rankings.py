@@ -31,6 +31,7 @@ class AgentRankings(LiveTable):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None):
         super().__init__(id=id, classes=classes, cursor=False)
+        self.empty = Text("no agent with enough calls yet", style="dim")
 
     def on_mount(self) -> None:
         self.add_column("#", key="rank")
@@ -40,10 +41,6 @@ class AgentRankings(LiveTable):
         self.add_column("P95", key="p95", justify="right")
 
     def show(self, rankings: Sequence[Any]) -> None:
-        if not rankings:
-            empty = Text("no agent with enough calls yet", style="dim")
-            self.set_rows([("", (Text(""), empty, Text(""), Text(""), Text("")))])
-            return
         self.set_rows(
             [
                 (

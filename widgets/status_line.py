@@ -1,7 +1,8 @@
 """StatusLine: the top line of every screen: where we are and what needs attention.
 
-Shows the screen title, run counts by status, pending reviews (oldest waiting time), open
-breakers and the health score, so nothing waits unseen whatever the screen. Fed a
+Shows the screen title, the health score (first: it is the headline figure), run counts by
+status, pending reviews (oldest waiting time) and open breakers, so nothing waits unseen
+whatever the screen. When the line does not fit, the counts lose their words (`● 4  ✓ 87`). Fed a
 `engine.views.Snapshot` via `show()`.
 """
 
@@ -35,6 +36,7 @@ class StatusLine(Static):
         self.title_text = title
         """What the screen is."""
         self._key: tuple | None = None
+        self._last: tuple[Snapshot, str] | None = None
 
     def show(self, snap: Snapshot, source: str = "") -> None:
         health = getattr(snap.analytics, "health", None)
@@ -46,29 +48,48 @@ class StatusLine(Static):
             len(snap.breakers),
             (health.score, health.status) if health else None,
             source,
+            self.content_region.width,
         )
+        self._last = (snap, source)
         if key == self._key:
             return
         self._key = key
+        width = self.content_region.width
+        compact = bool(width) and self._line(snap, "", compact=False).cell_len > width
+        # Narrow: symbols and numbers, no words (the source label alone may be cut).
+        text = self._line(snap, source, compact=compact)
+        self.update(text, layout=False)
+
+    def on_resize(self) -> None:
+        if self._last is not None:
+            self.show(*self._last)
+
+    def _line(self, snap: Snapshot, source: str, *, compact: bool) -> Text:
+        health = getattr(snap.analytics, "health", None)
+        oldest = snap.pending_reviews[0].created_at if snap.pending_reviews else None
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append("flowdeck ", style="bold")
         text.append(self.title_text, style="bold cyan")
-        counts = snap.run_counts
-        for status, style in (("running", "cyan"), ("succeeded", "green"), ("failed", "red")):
-            if counts.get(status):
-                text.append(f"  {SYMBOLS[status]} {counts[status]} {status}", style=style)
-        if snap.pending_count:
-            text.append(f"  ◇ {snap.pending_count} review", style="bold yellow")
-            text.append("s" if snap.pending_count > 1 else "", style="bold yellow")
-            if oldest is not None:
-                text.append(f" (oldest {duration(snap.now - oldest)})", style="yellow")
-        if snap.breakers:
-            text.append(f"  ⚡ {len(snap.breakers)} open breaker", style="bold red")
-            text.append("s" if len(snap.breakers) > 1 else "", style="bold red")
-        if health is not None:
+        if health is not None:  # the headline figure: first, so no width cuts it off
             style = HEALTH_STYLE.get(health.status, "")
             text.append("  health ", style="dim")
             text.append(f"{health.score:.0f}", style=f"bold {style}")
+        counts = snap.run_counts
+        for status, style in (("running", "cyan"), ("succeeded", "green"), ("failed", "red")):
+            if counts.get(status):
+                label = "" if compact else f" {status}"
+                text.append(f"  {SYMBOLS[status]} {counts[status]}{label}", style=style)
+        if snap.pending_count:
+            plural = "s" if snap.pending_count > 1 else ""
+            label = "" if compact else f" review{plural}"
+            text.append(f"  ◇ {snap.pending_count}{label}", style="bold yellow")
+            if oldest is not None:
+                age = duration(snap.now - oldest)
+                text.append(f" ({age})" if compact else f" (oldest {age})", style="yellow")
+        if snap.breakers:
+            plural = "s" if len(snap.breakers) > 1 else ""
+            label = "" if compact else f" open breaker{plural}"
+            text.append(f"  ⚡ {len(snap.breakers)}{label}", style="bold red")
         if source:  # last: on a narrow terminal the counts and alerts matter more
             text.append(f"  {source}", style="dim")
-        self.update(text, layout=False)
+        return text
