@@ -201,13 +201,21 @@ class FlowdeckApp(App[None]):
         """Show one run's DAG on top of the current section (one run screen, mounted once
         and reused, so opening a run costs a read, not a mount)."""
         self.feed.update(run_id=run_id)
-        if self.snapshot is None or self.snapshot.run is None or self.snapshot.run.run.id != run_id:
+        snap = self.snapshot
+        read = snap is not None and snap.run is not None and snap.run.run.id == run_id
+        if not read:
             self.feed.wake()
         if not self.is_screen_installed("run"):
             self.install_screen(RunScreen(run_id), "run")
         screen = self.get_screen("run")
         assert isinstance(screen, RunScreen)
-        screen.set_run(run_id)
+        screen.set_run(run_id, loading=not read)
+        if read and screen.ready and self.screen is not screen:
+            # Fill it before it is pushed: the push's layout and paint then draw the run, and
+            # showing the same snapshot again when it resumes changes nothing (one full redraw
+            # of the screen instead of two).
+            assert snap is not None
+            screen.show(snap)
         if self.screen is not screen:
             self.push_screen(screen)
 

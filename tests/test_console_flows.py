@@ -393,3 +393,40 @@ async def test_health_score_and_run_header_fit_every_size(engine, store, console
         assert "…" not in line, line
         for symbol in ("●", "◇", "✗", "–", "○"):
             assert symbol in line, line
+
+
+async def test_opening_a_run_already_read_draws_it_with_the_push(engine, store, console_store):
+    """The run under the cursor is read while it is highlighted; `enter` then fills the run
+    screen before pushing it, so the push's one layout draws the run (no "loading" state and
+    no second full redraw when it resumes)."""
+    older = await engine.run(wf("older", {"s": py("echo")}))
+    newer = await engine.run(wf("newer", {"s": py("echo")}))
+    app = make_app(console_store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(RunsTable)
+        await wait_for(pilot, lambda: table.row_count == 2, what="runs listed")
+        app.open_run(newer.run_id)  # installs the run screen
+        await wait_for(pilot, lambda: app.screen.view is not None, what="newer run shown")
+        await pilot.press("escape")
+        screen = app.get_screen("run")
+        header = screen.query_one("RunHeader")
+        shown: list[str] = []
+        update = header.update
+
+        def recording_update(content="", **kw):
+            shown.append(str(content))
+            return update(content, **kw)
+
+        header.update = recording_update
+        await pilot.press("down")  # the older run, read while highlighted
+        assert table.current_key == older.run_id
+        await wait_for(
+            pilot,
+            lambda: app.snapshot.run is not None and app.snapshot.run.run.id == older.run_id,
+            what="highlighted run read",
+        )
+        await pilot.press("enter")
+        assert app.screen is screen and screen.view.run.id == older.run_id
+        await pilot.pause()
+        assert shown and not any("loading" in s for s in shown), shown
+        assert older.run_id in screen_text(app).splitlines()[1]

@@ -68,12 +68,13 @@ class RunScreen(FlowdeckScreen):
         yield from self.compose_filter()
         yield KeyBar()
 
-    def set_run(self, run_id: str) -> None:
-        """Show another run (the screen is reused)."""
+    def set_run(self, run_id: str, *, loading: bool = True) -> None:
+        """Show another run (the screen is reused); `loading=False`: its data is shown next,
+        so the header is not first set to "loading"."""
         if run_id != self.run_id:
             self.run_id = run_id
             self.view = None
-            if self.is_mounted:
+            if self.is_mounted and loading:
                 self.query_one(RunHeader).update(Text.assemble("loading run ", plain(run_id), "…"))
 
     @property
