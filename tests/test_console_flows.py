@@ -346,6 +346,27 @@ async def test_overview_fits_80x24_and_uses_200x60(
         assert "sized" in text and "health" in text
 
 
+async def test_at_80x24_many_pending_reviews_leave_room_for_the_runs(engine, store, console_store):
+    review = {"when": "always", "reason": "check it", "timeout": 600}
+    for i in range(3):
+        await engine.run(wf(f"done{i}", {"s": py("echo")}))
+    for i in range(8):
+        await engine.submit(wf(f"gated{i}", {"s": {**py("echo"), "review": review}}))
+    app = make_app(console_store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(
+            pilot,
+            lambda: app.snapshot is not None and len(app.snapshot.pending_reviews) == 8,
+            what="eight pending reviews",
+        )
+        await pilot.pause()
+        screen = app.screen
+        assert screen.query_one(RunsTable).region.height >= 4  # header + at least 3 runs
+        reviews = screen.query_one("#reviews-panel")
+        assert reviews.region.height >= 7  # borders, header and at least four reviews
+        assert reviews.border_subtitle == "8 pending"
+
+
 @pytest.mark.parametrize("size", [(80, 24), (160, 48), (200, 60)])
 async def test_health_score_and_run_header_fit_every_size(engine, store, console_store, size):
     """The health score is on screen at every size (first in the status line; the health

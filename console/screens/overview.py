@@ -111,9 +111,12 @@ class OverviewScreen(FlowdeckScreen):
         self.query_one(ReviewPanel).show(snapshot.pending_reviews, snapshot.decided_reviews, now)
         panel = self.query_one("#reviews-panel")
         panel.border_subtitle = f"{snapshot.pending_count} pending"
-        height = max(5, min(len(snapshot.pending_reviews) + 4, 14))
+        # The queue takes what it needs, the runs the rest; on a short terminal it stops at four
+        # rows (its title and the status line still count every pending review).
+        cap = 14 if self.size.height >= 30 else 8
+        height = max(5, min(len(snapshot.pending_reviews) + 4, cap))
         if panel.styles.height is None or panel.styles.height.value != height:
-            panel.styles.height = height  # the queue takes what it needs, the runs the rest
+            panel.styles.height = height
         self.query_one(EventLog).show(snapshot.events)
 
     def apply_filter(self, text: str) -> None:
