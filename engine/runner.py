@@ -121,24 +121,26 @@ class Plan:
 def plan_for(spec: WorkflowSpec) -> Plan:
     plan = spec._cache.get("plan")
     if plan is None:
+        steps, agents = spec.steps, spec.agents
+        depths = dag.depths(spec)
+        policies = {sid: spec.retry_for(s) for sid, s in steps.items()}
+        step_rows = [
+            (sid, s.agent, agents[s.agent].kind if s.agent in agents
+             else ("route" if s.route else None), "pending", s.priority, depths[sid],
+             _dumps(s.needs), int(s.destructive), policies[sid].attempts)
+            for sid, s in steps.items()
+        ]  # fmt: skip
         plan = Plan(
             dependents=dag.dependents(spec),
-            depths=dag.depths(spec),
-            policies={sid: spec.retry_for(s) for sid, s in spec.steps.items()},
-            timeouts={sid: spec.timeout_for(s) for sid, s in spec.steps.items()},
-            has_expr={sid: has_expressions(s.with_) for sid, s in spec.steps.items()},
+            depths=depths,
+            policies=policies,
+            timeouts={sid: spec.timeout_for(s) for sid, s in steps.items()},
+            has_expr={sid: has_expressions(s.with_) for sid, s in steps.items()},
             spec_json=spec.model_dump_json(by_alias=True),
-            agent_limits={aid: a.concurrency for aid, a in spec.agents.items()},
-            waiting={sid: len(set(s.needs)) for sid, s in spec.steps.items()},
-            step_rows=[],
+            agent_limits={aid: a.concurrency for aid, a in agents.items()},
+            waiting={sid: len(set(s.needs)) for sid, s in steps.items()},
+            step_rows=step_rows,
         )
-        depth, policies = plan.depths, plan.policies
-        plan.step_rows.extend(
-            (sid, s.agent, spec.agents[s.agent].kind if s.agent in spec.agents
-             else ("route" if s.route else None), "pending", s.priority, depth[sid],
-             _dumps(s.needs), int(s.destructive), policies[sid].attempts)
-            for sid, s in spec.steps.items()
-        )  # fmt: skip
         spec._cache["plan"] = plan
     return plan
 

@@ -343,15 +343,11 @@ class Store:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue one statement; it commits with the next batch (within milliseconds)."""
-        self._items.append((_SQL, sql, params, None))
-        if self._idle:
-            self._kick()
+        self._push((_SQL, sql, params, None))
 
     def put(self, rows: Rows, values: Sequence[Any]) -> None:
         """Queue one row of a batched statement (see `Rows`); it commits with the next batch."""
-        self._items.append((_ROWS, rows, values, None))
-        if self._idle:
-            self._kick()
+        self._push((_ROWS, rows, values, None))
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         for params in rows:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite store in a temp dir, the CLI as a real subprocess."""
+"""Shared fixtures: a real SQLite store in a temp dir, the CLI as a real subprocess, the demo
+service on a free 127.0.0.1 port, a fake clock."""
 
 from __future__ import annotations
 
@@ -26,6 +27,34 @@ def store(db_path: Path):
     s = Store.open(db_path)
     yield s
     s.close()
+
+
+@pytest.fixture
+def console_store(db_path: Path):
+    """A second store on the same file: the console's own connection, as another process has."""
+    from engine.store import Store
+
+    s = Store.open(db_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def service():
+    """The bundled demo service (tracker, chat, code host, llm) with no added latency."""
+    from console.demo.service import ServiceConfig, start_service
+
+    running = await start_service(ServiceConfig(latency_scale=0))
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+def clock():
+    """A fake clock for `Engine(clock=clock, sleep=clock.sleep)` (tests/helpers/clock.py)."""
+    from tests.helpers.clock import FakeClock
+
+    return FakeClock()
 
 
 @dataclass

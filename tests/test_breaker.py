@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from console.demo.service import Script, ServiceConfig, start_service
+from console.demo.service import Script
 from engine.agents.base import AgentResources, create
 from engine.breaker import Breakers
 from engine.events import row_to_event
@@ -14,22 +14,9 @@ from engine.models import AgentSpec, RunStatus, WorkflowSpec
 from engine.runner import Engine
 from engine.store import Store
 from tests.conftest import run_cli
-from tests.helpers.clock import FakeClock
 
 QUICK = {"attempts": 6, "backoff": "fixed", "initial": 0.1, "max": 0.1}
 """Retries that wait 0.1 s (fake) even when an open circuit says how long it stays open."""
-
-
-@pytest.fixture
-async def service():
-    svc = await start_service(ServiceConfig(latency_scale=0))
-    yield svc
-    await svc.stop()
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

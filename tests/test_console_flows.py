@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -51,14 +50,6 @@ async def engine(store):
         event.set()
     await asyncio.sleep(0)
     await eng.aclose()
-
-
-@pytest.fixture
-def console_store(db_path: Path):
-    """The console's own connection to the file (as another process would have)."""
-    s = Store.open(db_path)
-    yield s
-    s.close()
 
 
 def make_app(store: Store, **kw) -> FlowdeckApp:

@@ -55,13 +55,6 @@ async def engine(store):
     await eng.aclose()
 
 
-@pytest.fixture
-def console_store(db_path):
-    s = Store.open(db_path)
-    yield s
-    s.close()
-
-
 def review_rows(store: Store) -> list[dict]:
     return store.query("SELECT id, status, reviewer, comment, choice FROM reviews ORDER BY id")
 

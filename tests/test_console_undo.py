@@ -8,7 +8,6 @@ import aiohttp
 import pytest
 
 from console.app import FlowdeckApp
-from console.demo.service import ServiceConfig, start_service
 from console.screens.dialogs import ConfirmScreen
 from engine.models import RunStatus, WorkflowSpec
 from engine.runner import Engine
@@ -20,25 +19,11 @@ SIZE = (140, 40)
 
 
 @pytest.fixture
-async def service():
-    running = await start_service(ServiceConfig(latency_scale=0))
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
 async def engine(store):
     eng = Engine(store)
     await eng.start()
     yield eng
     await eng.aclose()
-
-
-@pytest.fixture
-def console_store(db_path):
-    s = Store.open(db_path)
-    yield s
-    s.close()
 
 
 async def api(service, method: str, path: str, body: Any = None) -> tuple[int, Any]:

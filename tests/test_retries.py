@@ -10,26 +10,13 @@ import socket
 
 import pytest
 
-from console.demo.service import Script, ServiceConfig, start_service
+from console.demo.service import Script
 from engine.errors import ErrorClass, StepError
 from engine.events import row_to_event
 from engine.models import RetryBudgetSpec, RetryPolicy, RunStatus, WorkflowSpec
 from engine.retries import RetryBudget, SlidingCount, run_with_retries, should_retry
 from engine.runner import Engine
 from tests.conftest import run_cli
-from tests.helpers.clock import FakeClock
-
-
-@pytest.fixture
-async def service():
-    svc = await start_service(ServiceConfig(latency_scale=0))
-    yield svc
-    await svc.stop()
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

@@ -13,33 +13,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from console.demo.service import ServiceConfig, start_service
 from engine.dag import validate
 from engine.errors import Conflict, NotFound
 from engine.models import RunStatus, WorkflowSpec
 from engine.runner import Engine
 from engine.store import Store
 from engine.undo import UndoHook, list_entries, undo_run
-
-
-@pytest.fixture
-async def service():
-    running = await start_service(ServiceConfig(latency_scale=0))
-    yield running
-    await running.stop()
-
-
-class FakeClock:
-    def __init__(self, t: float = 1_800_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.helpers.clock import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_800_000_000.0)  # an epoch time: undo windows are compared with it
 
 
 @pytest.fixture
@@ -217,9 +202,9 @@ async def test_expired_entry_is_refused(engine, service, store, clock):
     step["undo"]["ttl"] = 60
     await engine.run(wf(service, {"delete": step}), {"issue": n})
     [entry] = await engine.undo.history()
-    assert entry.expires_at == clock.t + 60
+    assert entry.expires_at == clock.now + 60
 
-    clock.t += 61
+    clock.now += 61
     [entry] = await engine.undo.history()
     assert entry.state == "expired" and entry.status == "done" and entry.seconds_left is None
     with pytest.raises(Conflict, match=r"expired at .* \(undo window 60 s\)"):
@@ -229,7 +214,7 @@ async def test_expired_entry_is_refused(engine, service, store, clock):
     assert rows(store, "SELECT status FROM undo_log")[0]["status"] == "done"  # nothing changed
     assert (await api(service, "GET", f"/tracker/issues/{n}"))[0] == 404
 
-    clock.t -= 2  # one second before the end of the window it still works
+    clock.now -= 2  # one second before the end of the window it still works
     assert (await engine.undo.undo(entry.id, actor="a")).outcome == "undone"
 
 
@@ -592,21 +577,21 @@ async def test_history_cap_prunes_only_expired_entries(engine, service, store, c
     spec = wf(service, {"delete": step})
     for i in range(3):
         await engine.run(spec, {"issue": await new_issue(service, f"i{i}")})
-        clock.t += 10
+        clock.now += 10
     assert len(await engine.undo.history()) == 3  # over the cap, but nothing expired yet
 
-    clock.t += 75  # the first entry (created at t0) expires at t0+100; now t0+105
+    clock.now += 75  # the first entry (created at t0) expires at t0+100; now t0+105
     await engine.run(spec, {"issue": await new_issue(service, "i3")})
     ids = [e.id for e in await engine.undo.history()]
     assert ids == [4, 3, 2]  # only the expired one went; still above the cap
     assert ("undo.pruned", None, None) in undo_events(store)
 
-    clock.t += 1000  # all old ones expired
+    clock.now += 1000  # all old ones expired
     await engine.run(spec, {"issue": await new_issue(service, "i4")})
     assert [e.id for e in await engine.undo.history()] == [5, 4]
     store.flush_sync()
     assert [
-        e.id for e in store.read(lambda db: list_entries(db, now=clock.t, status="expired"))
+        e.id for e in store.read(lambda db: list_entries(db, now=clock.now, status="expired"))
     ] == [4]
 
 
@@ -615,13 +600,13 @@ async def test_history_filters(engine, service, store, clock):
     run = await engine.run(wf(service, {"delete": delete_issue_step()}), {"issue": n})
     store.flush_sync()
     assert [
-        e.run_id for e in store.read(lambda db: list_entries(db, now=clock.t, run_id=run.run_id))
+        e.run_id for e in store.read(lambda db: list_entries(db, now=clock.now, run_id=run.run_id))
     ] == [run.run_id]
-    assert store.read(lambda db: list_entries(db, now=clock.t, status="undone")) == []
+    assert store.read(lambda db: list_entries(db, now=clock.now, status="undone")) == []
     from engine.errors import InputError
 
     with pytest.raises(InputError, match="not a status"):
-        store.read(lambda db: list_entries(db, now=clock.t, status="bogus"))
+        store.read(lambda db: list_entries(db, now=clock.now, status="bogus"))
 
 
 # --------------------------------------------------------------------------- wiring and validation

@@ -20,18 +20,10 @@ import aiohttp
 import pytest
 import yaml
 
-from console.demo.service import ServiceConfig, start_service
 from engine.models import RunStatus, WorkflowSpec
 from engine.runner import Engine
 from engine.store import Store
 from tests.conftest import CliResult, cli_env
-
-
-@pytest.fixture
-async def service():
-    running = await start_service(ServiceConfig(latency_scale=0))
-    yield running
-    await running.stop()
 
 
 async def acli(*args: str, timeout: float = 60, **env: str) -> CliResult:
