@@ -126,7 +126,7 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
     from console import output
 
     if args.json:
-        output.print_json(store.read(lambda db: queries.get_run(db, run.run_id)))
+        output.print_json(await store.aread(lambda db: queries.get_run(db, run.run_id)))
     else:
         _summary(run, status)
     if status is RunStatus.SUCCEEDED:
