@@ -149,6 +149,9 @@ class Breaker:
 class Breakers:
     """The breakers of one engine, keyed by `agent:ID` / `host:HOST:PORT`."""
 
+    READ_ROWS = "SELECT * FROM breakers"
+    """Every row, as `load` takes them."""
+
     def __init__(self, store: Store, events: EventLog, clock: Callable[[], float] = time.time):
         self.store = store
         self.events = events
@@ -368,7 +371,7 @@ class Breakers:
 
     @staticmethod
     def read_rows(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-        return list(db.query("SELECT * FROM breakers"))
+        return list(db.query(Breakers.READ_ROWS))
 
 
 # --------------------------------------------------------------------------- other processes

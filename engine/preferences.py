@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
+
 
 MIN_DECISIONS = 10
 """Decisions a pattern needs before it may be auto-approved."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import InputError, NotFound
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 def _json(value: str | None) -> Any:

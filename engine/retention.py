@@ -21,12 +21,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
 from pydantic import BaseModel
 
 from engine.store import Store
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger("flowdeck.retention")
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from engine import preferences
 from engine.errors import Conflict, InputError, NotFound
 from engine.store import Store
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 KINDS = ("gate", "route", "crash_check")
 """Kinds of review: a gate before a step's action, a routing choice, a crash check (did this

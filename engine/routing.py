@@ -41,8 +41,6 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from engine import preferences
 from engine.errors import ErrorClass, StepError
 from engine.expressions import ExpressionError, render
@@ -50,6 +48,8 @@ from engine.gates import confidence_value, raise_for, upstream_values
 from engine.models import RouteCandidate, StepStatus
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from engine.runner import Engine, RunExecution, StepState
 
 ROUTE_FORGET = "DELETE FROM routes WHERE run_id = ? AND step_id = ?"

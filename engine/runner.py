@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -930,7 +931,7 @@ class Engine:
         await self.aclose()
 
     async def start(self) -> None:
-        self.breakers.load(await self.store.aread(Breakers.read_rows))
+        self.breakers.load(await self.store.aquery(Breakers.READ_ROWS))
         self._background.append(asyncio.create_task(self._heartbeat(), name="flowdeck-heartbeat"))
         if self._poll_commands:
             self._background.append(asyncio.create_task(self._commands(), name="flowdeck-commands"))
@@ -980,20 +981,20 @@ class Engine:
         now = self.clock()
         spec_json = run.plan.spec_json
 
-        def create_rows(db: Any) -> None:
-            db.execute(
+        def create_rows(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO runs(id, workflow, source, spec, inputs, status, created_at, "
                 "steps_total, owner, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run_id, spec.name, source, spec_json, _dumps(inputs), "pending", now,
                  len(spec.steps), self.owner, now + LEASE_SECONDS),
             )  # fmt: skip
-            db.conn.executemany(
+            conn.executemany(
                 "INSERT INTO steps(run_id, step_id, agent, kind, status, priority, depth, needs, "
                 "destructive, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(run_id, *row) for row in run.plan.step_rows],
             )
 
-        await self.store.run(create_rows)
+        await self.store.run(create_rows, raw=True)
         self.events.emit("run.created", run_id, None, workflow=spec.name, steps=len(spec.steps))
         self.runs[run_id] = run
         run.start()
@@ -1256,7 +1257,7 @@ class Engine:
         """Re-read the breakers table when a circuit is not closed here: another process may
         have reset it while no run of this engine was polling."""
         if self.breakers.any_open():
-            self.breakers.load(await self.store.aread(Breakers.read_rows))
+            self.breakers.load(await self.store.aquery(Breakers.READ_ROWS))
 
     def agent_budget(self, agent_id: str, spec: RetryBudgetSpec | None) -> RetryBudget:
         """The retry budget of an agent (settings of the first run that used it)."""

@@ -32,12 +32,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import migrations
 from engine.errors import DatabaseError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger("flowdeck.store")
 
@@ -186,6 +187,33 @@ def values_sql(width: int, n: int) -> str:
     return ",".join([one] * n)
 
 
+@contextlib.contextmanager
+def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+    """What `Database.atomic()` does, on a bare connection."""
+    conn.execute("SAVEPOINT call")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO SAVEPOINT call")
+        conn.execute("RELEASE SAVEPOINT call")
+        raise
+    else:
+        conn.execute("RELEASE SAVEPOINT call")
+
+
+def _database(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """`conn` as a sqlite-utils `Database`. sqlite-utils is imported on first use, so that
+    `flowdeck run` reaches its first step without it (its import is a sixth of the start-up)."""
+    import sqlite_utils
+
+    return sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+
+
+def _dict_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
 def _write_groups(conn: sqlite3.Connection, groups: dict[Rows, list[Sequence[Any]]]) -> None:
     for rows, values in groups.items():
         for sql, flat in rows.chunks(rows.merge(values)):
@@ -228,6 +256,8 @@ class Store:
         self.commits = 0
         """Transactions committed by the writer (for benchmarks)."""
         self._open_key: str | None = None
+        self._db: sqlite_utils.Database | None = None
+        """The writer's connection as a `Database`, made for the first `call` that wants one."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -287,7 +317,7 @@ class Store:
             self._closed = True
             raise
 
-    def _open_writer(self) -> sqlite_utils.Database:
+    def _open_writer(self) -> sqlite3.Connection:
         existed = self.path.exists() and self.path.stat().st_size > 0
         if existed and not os.access(self.path, os.W_OK):
             raise DatabaseError(f"{self.path}: cannot write the database (file is read-only)")
@@ -313,7 +343,7 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+        return conn
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close every connection."""
@@ -365,22 +395,23 @@ class Store:
         except RuntimeError:  # another producer woke it first
             pass
 
-    def call(self, fn: Callable[[sqlite_utils.Database], T]) -> concurrent.futures.Future[T]:
-        """Run `fn(db)` in the writer thread, in its own savepoint; resolved after commit."""
+    def call(self, fn: Callable[[Any], T], *, raw: bool = False) -> concurrent.futures.Future[T]:
+        """Run `fn(db)` in the writer thread, in its own savepoint; resolved after commit.
+        `db` is a sqlite-utils `Database`, or with `raw` the bare `sqlite3.Connection`."""
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._closed:
             fut.set_exception(DatabaseError(f"{self.path}: store is closed"))
             return fut
-        self._push((_CALL, fn, None, fut))
+        self._push((_CALL, fn, raw, fut))
         return fut
 
-    async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    async def run(self, fn: Callable[[Any], T], *, raw: bool = False) -> T:
         """`call` and wait for the commit without blocking the loop."""
-        return await asyncio.wrap_future(self.call(fn))
+        return await asyncio.wrap_future(self.call(fn, raw=raw))
 
-    def run_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    def run_sync(self, fn: Callable[[Any], T], *, raw: bool = False) -> T:
         """`call` and wait (for code outside the event loop, e.g. the CLI)."""
-        return self.call(fn).result()
+        return self.call(fn, raw=raw).result()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -395,7 +426,7 @@ class Store:
 
     def _writer(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            db = self._open_writer()
+            conn = self._open_writer()
         except BaseException as e:
             ready.set_exception(e if isinstance(e, DatabaseError) else DatabaseError(str(e)))
             return
@@ -410,15 +441,14 @@ class Store:
                     self._idle = False
                     continue
                 batch = [items.popleft() for _ in range(min(len(items), MAX_BATCH))]
-                if self._process(db, batch):
+                if self._process(conn, batch):
                     break
         finally:
-            db.close()
+            conn.close()
 
-    def _process(self, db: sqlite_utils.Database, batch: list[tuple]) -> bool:
+    def _process(self, conn: sqlite3.Connection, batch: list[tuple]) -> bool:
         results: list[tuple[concurrent.futures.Future, Any, BaseException | None]] = []
         stop = False
-        conn = db.conn
         try:
             with _write_transaction(conn):
                 # Consecutive statements with the same SQL run as one executemany, `Rows` between
@@ -455,8 +485,14 @@ class Store:
                         run_sql, run_rows = None, []
                     if kind == _CALL:
                         try:
-                            with db.atomic():
-                                results.append((fut, a(db), None))
+                            if b:
+                                with _savepoint(conn):
+                                    results.append((fut, a(conn), None))
+                            else:
+                                if self._db is None:
+                                    self._db = _database(conn)
+                                with self._db.atomic():
+                                    results.append((fut, a(self._db), None))
                         except Exception as e:
                             results.append((fut, None, e))
                     else:
@@ -472,7 +508,7 @@ class Store:
                 # One bad statement must not lose the rest: replay one at a time.
                 log.warning("batch of %d failed (%s); replaying one by one", len(batch), e)
                 for item in batch:
-                    stop = self._process(db, [item]) or stop
+                    stop = self._process(conn, [item]) or stop
                 return stop
             self.failure = DatabaseError(_describe(e, self.path))
             log.error("write failed: %s", e)
@@ -491,10 +527,9 @@ class Store:
 
     # ------------------------------------------------------------------ reader side
 
-    def reader(self) -> sqlite_utils.Database:
-        """This thread's read connection (opened on first use)."""
-        db = getattr(self._local, "db", None)
-        if db is None:
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
             try:
                 conn = self._connect()
                 conn.execute("PRAGMA query_only = 1")
@@ -502,28 +537,41 @@ class Store:
                 raise DatabaseError(_describe(e, self.path)) from None
             with self._readers_lock:
                 self._readers.append(conn)
-            db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
-            self._local.db = db
+            self._local.conn = conn
+        return conn
+
+    def reader(self) -> sqlite_utils.Database:
+        """This thread's read connection (opened on first use)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = _database(self._reader_conn())
         return db
 
-    def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run a read in this thread (do not call on the event loop)."""
+    def read(self, fn: Callable[[Any], T], *, raw: bool = False) -> T:
+        """Run a read in this thread (do not call on the event loop); `fn` gets this thread's
+        `reader()`, or with `raw` its bare `sqlite3.Connection`."""
         try:
-            return fn(self.reader())
+            return fn(self._reader_conn() if raw else self.reader())
         except sqlite3.OperationalError as e:
             raise DatabaseError(_describe(e, self.path)) from None
 
-    async def aread(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    async def aread(self, fn: Callable[[Any], T], *, raw: bool = False) -> T:
         """Run a read in a worker thread."""
-        return await asyncio.to_thread(self.read, fn)
+        return await asyncio.to_thread(self.read, fn, raw=raw)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read query as dicts (in this thread)."""
-        return self.read(lambda db: list(db.query(sql, params)))
+        return self.read(lambda conn: _dict_rows(conn.execute(sql, params)), raw=True)
+
+    async def aquery(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[dict[str, Any]]:
+        """`query` in a worker thread."""
+        return await asyncio.to_thread(self.query, sql, params)
 
     def data_version(self) -> int:
         """Changes when another connection commits (PRAGMA data_version)."""
-        return self.read(lambda db: db.execute("PRAGMA data_version").fetchone()[0])
+        return self.read(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0], raw=True)
 
 
 def now() -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -253,3 +254,25 @@ def test_only_the_named_commands_module_is_loaded():
     assert "console.commands.workflows" in out
     assert not [m for m in out if m.startswith(("rich", "aiohttp", "textual"))], out
     assert "console.commands.serve" not in out and "console.commands.stats" not in out
+
+
+def test_run_reaches_its_first_step_without_sqlite_utils_or_rich(cli, tmp_path):
+    """Start-up: sqlite-utils and rich (a third of `flowdeck run`'s start-up) are not imported
+    before the first step. The step is async, so it runs on the loop at the moment it starts."""
+    (tmp_path / "probe_mods.py").write_text(
+        "import sys\n"
+        "async def probe(path):\n"
+        "    heavy = [m for m in ('sqlite_utils', 'rich', 'click') if m in sys.modules]\n"
+        "    open(path, 'w').write(' '.join(heavy) or '-')\n"
+        "    return {}\n"
+    )
+    out = tmp_path / "mods.txt"
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        "name: probe\nagents: {py: {kind: python}}\n"
+        f"steps:\n  first: {{agent: py, with: {{call: 'probe_mods:probe', args: {{path: '{out}'}}}}}}\n"
+    )
+    r = cli("run", str(wf), "--db", str(tmp_path / "p.db"), cwd=tmp_path,
+            PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert out.read_text() == "-"

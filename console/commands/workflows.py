@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 from console.cli import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK
 from console.commands.common import open_store
 from engine.errors import InputError
+
+FIRST_STEP_GRACE = 0.2
+"""Seconds `run` waits for the first step to start before loading its progress display."""
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -100,7 +104,17 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
     engine = Engine(store, max_concurrency=settings.max_concurrency)
     engine.undo.history_cap = settings.history_cap
     early: list[Any] = []  # events until the progress display is up
-    unsubscribe = engine.events.subscribe(early.append)
+    started = asyncio.get_running_loop().create_future()
+    first_marks = {"step.running"} | {
+        f"run.{s.value}" for s in RunStatus if s.ended or s is RunStatus.INTERRUPTED
+    }
+
+    def keep(ev: Any) -> None:
+        early.append(ev)
+        if not started.done() and ev.kind in first_marks:
+            started.set_result(None)
+
+    unsubscribe = engine.events.subscribe(keep)
     await engine.start()
     stop = _install_signals(engine, settings.grace)
     try:
@@ -108,9 +122,11 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
             run = await engine.resume(how["resume"])
         else:
             run = await engine.submit(how["spec"], how["inputs"], source=how["source"])
-        # Let the first steps start before loading the display (rich): it can come up a few
-        # milliseconds later, the work need not wait for it.
-        await asyncio.sleep(0)
+        # Let the first step start before loading the display (rich, ~30 ms): it can come up
+        # a little later, the work need not wait for it. (A run whose first step waits for a
+        # review or a retry gets its display after FIRST_STEP_GRACE.)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(started), FIRST_STEP_GRACE)
         from console.progress import RunProgress
 
         progress = RunProgress(run.run_id, run.spec.name, len(run.spec.steps), live=not args.json)

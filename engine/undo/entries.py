@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import InputError, NotFound
 from engine.models import UndoEntry, UndoStatus, check_undo_transition
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 UNDOABLE_LATER = frozenset({UndoStatus.DONE, UndoStatus.FAILED})
 """Statuses whose window (`expires_at`) still matters."""
