@@ -17,6 +17,7 @@ import gc
 import getpass
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -39,7 +40,7 @@ from console.screens.overview import OverviewScreen
 from console.screens.reviews import ReviewsScreen
 from console.screens.run import RunScreen
 from engine.store import Store
-from engine.views import Snapshot
+from engine.views import RunView, Snapshot, run_view
 
 
 class RunsProvider(Provider):
@@ -128,6 +129,7 @@ class FlowdeckApp(App[None]):
         self.drawn_at: float = 0.0
         """`time.monotonic()` when the last snapshot was drawn."""
         self._live = live
+        self._opening: str | None = None
         self._feed_error: str | None = None
         self.theme = self.config.theme
         self.set_keymap(self.config.keymap)
@@ -157,14 +159,18 @@ class FlowdeckApp(App[None]):
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.show_snapshot(message.snapshot)
 
-    def show_snapshot(self, snapshot: Snapshot) -> None:
-        """Draw a snapshot on the visible section (tests and screenshots call it directly)."""
+    def show_snapshot(self, snapshot: Snapshot, *, count: bool = True) -> None:
+        """Draw a snapshot on the visible section (tests and screenshots call it directly).
+        While a run is being opened it is kept, not drawn (`open_run`)."""
         self.snapshot = snapshot
-        self.redraws += 1
-        if self.redraws == 2:
-            # Everything built so far lives as long as the app: keep the collector from
-            # walking it again and again (a full collection costs ~50 ms here).
-            gc.freeze()
+        if self._opening is not None:
+            return
+        if count:
+            self.redraws += 1
+            if self.redraws == 2:
+                # Everything built so far lives as long as the app: keep the collector from
+                # walking it again and again (a full collection costs ~50 ms here).
+                gc.freeze()
         if self._feed_error is not None:
             self._feed_error = None
             self.notify("database readable again", markup=False)
@@ -198,34 +204,82 @@ class FlowdeckApp(App[None]):
     # ------------------------------------------------------------------ navigation
 
     def open_run(self, run_id: str) -> None:
-        """Show one run's DAG on top of the current section (one run screen, mounted once
-        and reused, so opening a run costs a read, not a mount)."""
-        self.feed.update(run_id=run_id)
+        """Show one run's DAG on top of the current section.
+
+        One run screen is mounted once and reused. It is pushed holding the run's data: when
+        the feed has read that run already (the run under the cursor is read while it is
+        highlighted) at once, else after one read of that run alone (a few milliseconds), so
+        opening a run costs one layout and paint, never a "loading" one first. Snapshots that
+        arrive meanwhile are kept, not drawn: the screen they would draw is about to be covered.
+        """
         snap = self.snapshot
-        read = snap is not None and snap.run is not None and snap.run.run.id == run_id
-        if not read:
-            self.feed.wake()
+        if snap is not None and snap.run is not None and snap.run.run.id == run_id:
+            self.feed.update(run_id=run_id)
+            self._opening = None
+            self._push_run(run_id, snap)
+            return
+        # The feed follows this run from its next turn; the first read is this one.
+        self.feed.update(run_id=run_id, urgent=False)
+        self._opening = run_id
+        self._read_and_open(run_id)
+
+    @work(group="open", exclusive=True, exit_on_error=False)
+    async def _read_and_open(self, run_id: str) -> None:
+        view: RunView | None = None
+        try:
+            view = await self.store.aread(lambda db: run_view(db, run_id))
+        except Exception as e:  # the feed reports a database it cannot read; open anyway
+            self.log.warning(f"reading run {run_id}: {e}")
+        finally:
+            mine = self._opening == run_id
+            if mine:
+                self._opening = None
+            else:  # another run was asked for, or the operator went elsewhere
+                self._draw_kept()
+        if not mine:
+            return
+        snap = self.snapshot
+        if view is not None:
+            now = self.now()
+            snap = (
+                replace(snap, run=view, now=now) if snap else Snapshot(now=now, version=0, run=view)
+            )
+            self.snapshot = snap
+        elif snap is not None and snap.run is not None and snap.run.run.id == run_id:
+            pass  # the feed read it meanwhile
+        else:
+            self.feed.wake()  # not found or not readable: the screen says "loading" until it is
+        self._push_run(run_id, snap)
+
+    def _push_run(self, run_id: str, snap: Snapshot | None) -> None:
         if not self.is_screen_installed("run"):
             self.install_screen(RunScreen(run_id), "run")
         screen = self.get_screen("run")
         assert isinstance(screen, RunScreen)
+        read = snap is not None and snap.run is not None and snap.run.run.id == run_id
         screen.set_run(run_id, loading=not read)
-        if read and screen.ready and self.screen is not screen:
+        if read and screen.ready:
             # Fill it before it is pushed: the push's layout and paint then draw the run, and
-            # showing the same snapshot again when it resumes changes nothing (one full redraw
-            # of the screen instead of two).
+            # showing the same snapshot again when it resumes changes nothing.
             assert snap is not None
             screen.show(snap)
         if self.screen is not screen:
             self.push_screen(screen)
 
+    def _draw_kept(self) -> None:
+        """Draw the newest snapshot kept while a run was being opened."""
+        if self.snapshot is not None and self._opening is None:
+            self.show_snapshot(self.snapshot, count=False)
+
     def action_section(self, mode: str) -> None:
+        self._opening = None  # a run being opened stays closed
         while len(self.screen_stack) > 1:  # close dialogs and the run view first
             self.pop_screen()
         self.switch_mode(mode)
 
     def back(self) -> None:
         """`esc`: close the run, else go back to the overview."""
+        self._opening = None
         if len(self.screen_stack) > 1:
             self.pop_screen()
         elif self.current_mode != "overview":

@@ -215,6 +215,7 @@ class DagView(ScrollView, can_focus=True):
         self._graph = nodes = self._group_nodes()
         shape = tuple((n.key, n.depth, n.needs) for n in nodes.values())
         labels = {key: self._labels(n) for key, n in nodes.items()}
+        previous_lay = self._lay
         if shape != self._graph_shape or self._lay is None:
             widths = {
                 key: min(MAX_LABEL, max(len(a), len(b)) + 2) for key, (a, b) in labels.items()
@@ -233,9 +234,26 @@ class DagView(ScrollView, can_focus=True):
             )
             self.set_reactive(DagView.selected, active)
             self._announce()
+        same_layout = self._lay is previous_lay
         self._labels_now = labels
-        self._dirty = True
         self.virtual_size = Size(self._lay.width, self._lay.height)
+        if same_layout and not self._dirty and self._strips and self.is_mounted:
+            # Live data on the same graph: repaint now and refresh only the rows that differ
+            # (a snapshot that moves two steps on redraws four lines, not the whole view).
+            before = self._strips
+            self._paint(labels)
+            changed = [
+                y
+                for y, (old, new) in enumerate(zip(before, self._strips, strict=True))
+                if old != new
+            ]
+            start = 0
+            for i, y in enumerate(changed):  # one refresh per run of adjacent rows
+                if i + 1 == len(changed) or changed[i + 1] != y + 1:
+                    self.refresh_lines(changed[start], y - changed[start] + 1)
+                    start = i + 1
+            return
+        self._dirty = True
         self.refresh()
 
     def _style(self, name: str) -> Style:

@@ -75,7 +75,19 @@ class FlowdeckScreen(Screen):
         """Show a new snapshot (called by the app; subclasses add their panels)."""
         self.query_one(StatusLine).show(snapshot, self.fd_app.source_label)
 
-    def on_screen_resume(self) -> None:
+    _styled_for: tuple | None = None
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        # Textual restyles the whole screen on every push, which throws away every widget's
+        # rendered lines: the run screen then costs a full render instead of redrawing the
+        # widgets whose data changed. Its styles change only with the CSS (theme), the size
+        # or the terminal's focus, so the restyle is skipped while those stay the same.
+        # (This handler runs before Screen's own, which reads `refresh_styles`.)
+        app = self.app
+        key = (app.theme, getattr(app, "_css_update_count", object()), app.size, app.app_focus)
+        if key == self._styled_for:
+            event.refresh_styles = False
+        self._styled_for = key
         self.fd_app.screen_shown(self)
 
     @property
@@ -156,13 +168,13 @@ class FlowdeckScreen(Screen):
         except Exception as e:
             self.report(e)
             return
+        self.fd_app.feed.wake()  # read the effect first: the notice below costs a layout
         picked = f" ({choice})" if choice else ""
         self.notify(
             f"review #{review.id} {status}{picked}: {review.step_id}",
             title="decision",
             markup=False,
         )
-        self.fd_app.feed.wake()
 
     @on(UndoHistory.UndoRequested)
     def _undo_requested(self, event: UndoHistory.UndoRequested) -> None:
@@ -200,10 +212,10 @@ class FlowdeckScreen(Screen):
             if panel is not None:
                 panel.show_result(Text.assemble(("✗ undo failed: ", "bold red"), plain(str(e))))
             return
+        self.fd_app.feed.wake()
         self.notify(f"undo #{entry.id}: {result}", title="undone", markup=False)
         if panel is not None:
             panel.show_result(Text.assemble(("✓ ", "bold green"), plain(f"#{entry.id}: {result}")))
-        self.fd_app.feed.wake()
 
     @work(group="actions")
     async def cancel_run(self, run: RunRow) -> None:
@@ -223,8 +235,8 @@ class FlowdeckScreen(Screen):
         except Exception as e:
             self.report(e)
             return
-        self.notify(f"run {run.id}: {result}", title="cancel", markup=False)
         self.fd_app.feed.wake()
+        self.notify(f"run {run.id}: {result}", title="cancel", markup=False)
 
 
 def candidate_options(review: ReviewRow) -> list[tuple[str, Text, float]]:

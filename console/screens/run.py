@@ -147,8 +147,8 @@ class RunScreen(FlowdeckScreen):
         except Exception as e:
             self.report(e)
             return
-        self.notify(f"{step.step_id}: {result}", markup=False)
         self.fd_app.feed.wake()
+        self.notify(f"{step.step_id}: {result}", markup=False)
 
     @work(group="actions")
     async def action_cancel_step(self) -> None:
@@ -169,8 +169,8 @@ class RunScreen(FlowdeckScreen):
         except Exception as e:
             self.report(e)
             return
-        self.notify(f"{step.step_id}: {result}", markup=False)
         self.fd_app.feed.wake()
+        self.notify(f"{step.step_id}: {result}", markup=False)
 
     def action_cancel_run(self) -> None:
         if self.view is not None:

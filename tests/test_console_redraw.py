@@ -1,0 +1,188 @@
+"""What a live redraw and a keystroke repaint: only what changed, the keystroke's answer first.
+
+The DAG view refreshes only the rows whose text or colour changed; opening a run the feed has
+not read yet reads it and pushes the run screen holding it (never a "loading" screen first);
+the reused run screen shows the second run opened, not the first; skipping the restyle of a
+screen that is shown again still follows a theme change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from textual.app import App, ComposeResult
+from textual.geometry import Region
+
+from console.app import FlowdeckApp
+from console.screens.run import RunScreen
+from engine.models import WorkflowSpec
+from engine.runner import Engine
+from tests.helpers import console_data as data
+from tests.helpers.console import screen_text, wait_for
+from widgets.dag_view import DagView
+from widgets.run_header import RunHeader
+from widgets.runs_table import RunsTable
+
+NOW = data.NOW
+H = "tests.helpers.console"
+
+
+class DagApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield DagView()
+
+
+def record_refreshes(widget) -> list[tuple[Region, ...]]:
+    calls: list[tuple[Region, ...]] = []
+    refresh = widget.refresh
+
+    def recording(*regions, **kw):
+        calls.append(regions)
+        return refresh(*regions, **kw)
+
+    widget.refresh = recording
+    return calls
+
+
+async def test_dag_live_update_refreshes_only_the_changed_step_rows():
+    steps = data.release_steps()
+    app = DagApp()
+    async with app.run_test(size=(110, 20)) as pilot:
+        dag = app.query_one(DagView)
+        dag.show("r1", steps, NOW)
+        await pilot.pause()
+        assert "✓ ticket" in screen_text(app)
+        calls = record_refreshes(dag)
+
+        dag.show("r1", steps, NOW)  # the same data again: nothing to redraw
+        assert calls == []
+
+        changed = [replace(s, status="failed") if s.step_id == "ticket" else s for s in steps]
+        dag.show("r1", changed, NOW)
+        assert calls, "the changed step was not redrawn"
+        assert all(regions for regions in calls), "the whole view was refreshed"
+        rows = {y for regions in calls for r in regions for y in range(r.y, r.bottom)}
+        slot = dag._lay.slots["ticket"]
+        # Its label row (symbol and colour); its detail line reads the same, so stays.
+        assert rows == {slot.entry_row}
+        await pilot.pause()
+        text = screen_text(app)
+        assert "✗ ticket" in text and "✓ ticket" not in text
+
+
+def wf(name: str, steps: dict) -> WorkflowSpec:
+    return WorkflowSpec.model_validate(
+        {"name": name, "agents": {"py": {"kind": "python"}}, "steps": steps}
+    )
+
+
+def py(fn: str, needs=(), **args):
+    return {"agent": "py", "with": {"call": f"{H}:{fn}", "args": args}, "needs": list(needs)}
+
+
+def flow(name: str, value: str) -> WorkflowSpec:
+    return wf(name, {"first": py("echo", value=value), "second": py("echo", ["first"])})
+
+
+def header_line(app: FlowdeckApp) -> str:
+    return screen_text(app).splitlines()[1]
+
+
+async def test_opening_an_unread_run_pushes_the_screen_holding_it(store, console_store):
+    engine = Engine(store, max_concurrency=4)
+    await engine.start()
+    try:
+        first = await engine.run(flow("alpha", "one"))
+        second = await engine.run(flow("beta", "two"))
+    finally:
+        await engine.aclose()
+    app = FlowdeckApp(console_store, analytics=None)
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = app.query_one(RunsTable)
+        await wait_for(pilot, lambda: table.row_count == 2, what="runs listed")
+        assert app.feed.request.run_id != first.run_id or app.snapshot.run is None
+
+        # First open of an unread run: pushed once read, with the run's data.
+        app.open_run(first.run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
+        screen = app.screen
+        assert screen.view is not None and screen.view.run.id == first.run_id
+        await pilot.pause()
+        assert first.run_id in header_line(app) and "alpha" in header_line(app)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RunScreen), what="back")
+
+        # The reused screen, another unread run: its header never says "loading", and it
+        # shows the second run, not the first.
+        shown: list[str] = []
+        header = screen.query_one(RunHeader)
+        update = header.update
+
+        def recording_update(content="", **kw):
+            shown.append(str(content))
+            return update(content, **kw)
+
+        header.update = recording_update
+        app.feed.update(run_id=None, urgent=False)  # the feed has not read the next run
+        app.open_run(second.run_id)
+        await wait_for(pilot, lambda: app.screen is screen, what="run screen again")
+        assert screen.view is not None and screen.view.run.id == second.run_id
+        await pilot.pause()
+        assert shown and not any("loading" in s for s in shown), shown
+        line = header_line(app)
+        assert second.run_id in line and "beta" in line and first.run_id not in line
+        dag = screen.query_one(DagView)
+        assert dag.step_node("first").status == "succeeded"
+        assert {s.step_id for s in screen.view.steps} == {"first", "second"}
+        assert app.feed.request.run_id == second.run_id  # live updates follow this run
+
+
+async def test_esc_while_a_run_is_being_opened_stays_on_the_overview(store, console_store):
+    engine = Engine(store, max_concurrency=4)
+    await engine.start()
+    try:
+        run = await engine.run(flow("alpha", "one"))
+    finally:
+        await engine.aclose()
+    app = FlowdeckApp(console_store, analytics=None)
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = app.query_one(RunsTable)
+        await wait_for(pilot, lambda: table.row_count == 1, what="run listed")
+        app.feed.update(run_id=None, urgent=False)
+        app.open_run(run.run_id)
+        app.back()  # the operator went back before the read came in
+        drawn = app.redraws
+        for _ in range(5):
+            await pilot.pause()
+            await asyncio.sleep(0.02)
+        assert not isinstance(app.screen, RunScreen)
+        app.feed.wake()  # snapshots are drawn again
+        await wait_for(pilot, lambda: app.redraws > drawn, what="a redraw")
+
+
+async def test_a_theme_change_while_the_run_screen_is_hidden_reaches_it(store, console_store):
+    engine = Engine(store, max_concurrency=4)
+    await engine.start()
+    try:
+        run = await engine.run(flow("alpha", "one"))
+    finally:
+        await engine.aclose()
+    app = FlowdeckApp(console_store, analytics=None)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, lambda: app.query_one(RunsTable).row_count == 1, what="listed")
+        app.open_run(run.run_id)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
+        screen = app.screen
+        dag = screen.query_one(DagView)
+        dark = dag.styles.background
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RunScreen), what="back")
+        app.theme = "textual-light"
+        await pilot.pause()
+        app.open_run(run.run_id)
+        await wait_for(pilot, lambda: app.screen is screen, what="run screen again")
+        await pilot.pause()
+        light = dag.styles.background
+        assert light != dark
+        assert light == app.get_css_variables()["surface"] or light.brightness > dark.brightness
