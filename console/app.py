@@ -21,12 +21,13 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 from textual.css.query import NoMatches
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.worker import get_current_worker
 
 from console.config import ConsoleConfig, default_path
@@ -130,6 +131,13 @@ class FlowdeckApp(App[None]):
         """`time.monotonic()` when the last snapshot was drawn."""
         self._live = live
         self._opening: str | None = None
+        self.key_quiet = 0.15
+        """Seconds after a keystroke during which live snapshots wait (its answer first)."""
+        self.live_wait = 0.25
+        """Longest a live snapshot waits for the keystrokes to stop."""
+        self._key_at = float("-inf")
+        self._waiting_since: float | None = None
+        self._calm_timer: Timer | None = None
         self._feed_error: str | None = None
         self.theme = self.config.theme
         self.set_keymap(self.config.keymap)
@@ -156,21 +164,61 @@ class FlowdeckApp(App[None]):
 
     # ------------------------------------------------------------------ snapshots
 
-    def on_snapshot_ready(self, message: SnapshotReady) -> None:
-        self.show_snapshot(message.snapshot)
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            # A keystroke's answer is drawn before live data: see `on_snapshot_ready`.
+            self._key_at = time.monotonic()
+            self.feed.hold_analytics(self.key_quiet)
+        await super().on_event(event)
 
-    def show_snapshot(self, snapshot: Snapshot, *, count: bool = True) -> None:
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        """Draw a snapshot. A live one (not the answer to an operator's action) that arrives
+        while a keystroke is being answered waits until `key_quiet` after the key, at most
+        `live_wait`: drawing it would hold the loop for tens of milliseconds in front of the
+        key's own update. A newer snapshot replaces a waiting one."""
+        self.snapshot = message.snapshot
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+        if message.answer:
+            self._draw_waiting()
+        else:
+            self._draw_when_calm()
+
+    def _draw_when_calm(self) -> None:
+        now = time.monotonic()
+        calm_in = self._key_at + self.key_quiet - now
+        if calm_in > 0 and self._waiting_since is not None:
+            left = self.live_wait - (now - self._waiting_since)
+            if left > 0:
+                if self._calm_timer is None:
+                    self._calm_timer = self.set_timer(min(calm_in, left), self._calm)
+                return
+        self._draw_waiting()
+
+    def _calm(self) -> None:
+        self._calm_timer = None
+        if self._waiting_since is not None:
+            self._draw_when_calm()
+
+    def _draw_waiting(self) -> None:
+        """Draw the newest snapshot if it has not been drawn (nor a run is being opened)."""
+        if self._waiting_since is not None and self._opening is None and self.snapshot:
+            self.show_snapshot(self.snapshot)
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
         """Draw a snapshot on the visible section (tests and screenshots call it directly).
         While a run is being opened it is kept, not drawn (`open_run`)."""
         self.snapshot = snapshot
         if self._opening is not None:
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
             return
-        if count:
-            self.redraws += 1
-            if self.redraws == 2:
-                # Everything built so far lives as long as the app: keep the collector from
-                # walking it again and again (a full collection costs ~50 ms here).
-                gc.freeze()
+        self._waiting_since = None
+        self.redraws += 1
+        if self.redraws == 2:
+            # Everything built so far lives as long as the app: keep the collector from
+            # walking it again and again (a full collection costs ~50 ms here).
+            gc.freeze()
         if self._feed_error is not None:
             self._feed_error = None
             self.notify("database readable again", markup=False)
@@ -199,6 +247,7 @@ class FlowdeckApp(App[None]):
         if run_id is not None and run_id != self.feed.request.run_id:
             self.feed.update(run_id=run_id)
         if self.snapshot is not None and screen.ready:
+            self._waiting_since = None
             screen.show(self.snapshot)
 
     # ------------------------------------------------------------------ navigation
@@ -235,7 +284,7 @@ class FlowdeckApp(App[None]):
             if mine:
                 self._opening = None
             else:  # another run was asked for, or the operator went elsewhere
-                self._draw_kept()
+                self._draw_waiting()
         if not mine:
             return
         snap = self.snapshot
@@ -265,11 +314,6 @@ class FlowdeckApp(App[None]):
             screen.show(snap)
         if self.screen is not screen:
             self.push_screen(screen)
-
-    def _draw_kept(self) -> None:
-        """Draw the newest snapshot kept while a run was being opened."""
-        if self.snapshot is not None and self._opening is None:
-            self.show_snapshot(self.snapshot, count=False)
 
     def action_section(self, mode: str) -> None:
         self._opening = None  # a run being opened stays closed

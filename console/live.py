@@ -7,8 +7,10 @@ committed, or the UI asked for other data through `request`), it reads one consi
 `1 / max_rate` seconds apart and a newer `SnapshotReady` replaces an older one still queued
 (`can_replace`), so the UI draws at most `max_rate` times a second and always the newest state.
 An operator action calls `wake()` so its effect shows without waiting for the next turn; that
-poll is quick (opening a run reads only that run, analytics due wait for the next turn). With
-nothing new, the last snapshot is re-posted with a fresh clock once a second (countdowns).
+poll is quick (opening a run reads only that run, analytics due wait for the next turn), and its
+snapshot says it `answer`s (the app draws it at once; live ones may wait behind a keystroke,
+whose polls also leave analytics out, `hold_analytics`). With nothing new, the last snapshot is
+re-posted with a fresh clock once a second (countdowns).
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ from engine.views import Snapshot, SnapshotReader, SnapshotRequest, default_anal
 class SnapshotReady(Message):
     """A new snapshot of the database; a newer one queued behind it replaces it."""
 
-    def __init__(self, snapshot: Snapshot):
+    def __init__(self, snapshot: Snapshot, *, answer: bool = False):
         super().__init__()
         self.snapshot = snapshot
         """What to show."""
+        self.answer = answer
+        """Read at once for an operator's action or a move to another screen (drawn at
+        once); else live data, which may wait while a keystroke is being answered."""
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, SnapshotReady)
+        if isinstance(message, SnapshotReady):
+            message.answer = self.answer = message.answer or self.answer  # either answers
+            return True
+        return False
 
 
 class FeedFailed(Message):
@@ -81,6 +89,7 @@ class LiveFeed:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._urgent = False
+        self._calm_until = 0.0
 
     @property
     def request(self) -> SnapshotRequest:
@@ -101,6 +110,11 @@ class LiveFeed:
         self._urgent = self._urgent or urgent
         self._wake.set()
 
+    def hold_analytics(self, seconds: float) -> None:
+        """Leave analytics (the costliest read, tens of milliseconds of this process's time)
+        out of the polls of the next `seconds`: a keystroke is being answered."""
+        self._calm_until = max(self._calm_until, time.monotonic() + seconds)
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -116,18 +130,33 @@ class LiveFeed:
                 if left > 0 and self._stop.wait(left):
                     break
             snapshot: Snapshot | None = None
+            before = self.reader.last
             try:
-                snapshot = self.reader.poll(self.clock(), quick=urgent)
+                quick = urgent or time.monotonic() < self._calm_until
+                snapshot = self.reader.poll(self.clock(), quick=quick)
                 self.polls += 1
             except DatabaseError as e:
                 post(FeedFailed(str(e)))
             except Exception as e:  # never let the feed die silently
                 post(FeedFailed(f"{type(e).__name__}: {e}"))
             last = self.reader.last
-            if snapshot is None and last is not None and time.monotonic() - last_post >= self.tick:
-                snapshot = dataclasses.replace(last, now=self.clock())
+            if snapshot is None and last is not None:
+                if urgent:  # nothing newer than the last snapshot: that one is the answer
+                    snapshot = last
+                elif time.monotonic() - last_post >= self.tick:
+                    snapshot = dataclasses.replace(last, now=self.clock())
             if snapshot is not None:
-                post(SnapshotReady(snapshot))
+                post(SnapshotReady(snapshot, answer=urgent))
                 self.posted += 1
                 last_post = time.monotonic()
+                if (
+                    urgent
+                    and before is not None
+                    and snapshot is not before
+                    and snapshot.run_counts is before.run_counts  # kept, not read again
+                ):
+                    # A quick poll read only the run the request moved to and kept the rest;
+                    # the action being answered may have changed the rest: read it now.
+                    self._urgent = True
+                    continue
             self._wake.wait(self.interval)

@@ -3,21 +3,27 @@
 The DAG view refreshes only the rows whose text or colour changed; opening a run the feed has
 not read yet reads it and pushes the run screen holding it (never a "loading" screen first);
 the reused run screen shows the second run opened, not the first; skipping the restyle of a
-screen that is shown again still follows a theme change.
+screen that is shown again still follows a theme change; a live snapshot waits behind a
+keystroke while the answer to an action does not, and that answer holds the action's effect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import replace
 
 from textual.app import App, ComposeResult
 from textual.geometry import Region
 
 from console.app import FlowdeckApp
+from console.live import LiveFeed, SnapshotReady
 from console.screens.run import RunScreen
 from engine.models import WorkflowSpec
 from engine.runner import Engine
+from engine.store import Store
+from engine.views import Snapshot
 from tests.helpers import console_data as data
 from tests.helpers.console import screen_text, wait_for
 from widgets.dag_view import DagView
@@ -186,3 +192,84 @@ async def test_a_theme_change_while_the_run_screen_is_hidden_reaches_it(store, c
         light = dag.styles.background
         assert light != dark
         assert light == app.get_css_variables()["surface"] or light.brightness > dark.brightness
+
+
+async def test_a_live_snapshot_waits_behind_a_keystroke_and_an_answer_does_not(console_store):
+    app = FlowdeckApp(console_store, analytics=None, live=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        app.key_quiet = app.live_wait = 60.0  # "right after the key" for the whole test
+        first = Snapshot(now=NOW, version=1)
+        app.show_snapshot(first)
+        drawn = app.redraws
+        await pilot.press("down")  # a keystroke (no rows: it changes nothing)
+        live = Snapshot(now=NOW + 1, version=2)
+        app.post_message(SnapshotReady(live))
+        await pilot.pause()
+        assert app.snapshot is live and app.redraws == drawn  # kept, not drawn yet
+        answer = Snapshot(now=NOW + 2, version=3)
+        app.post_message(SnapshotReady(answer, answer=True))
+        await wait_for(pilot, lambda: app.redraws == drawn + 1, what="the answer drawn")
+        assert app.snapshot is answer
+
+        app.key_quiet = app.live_wait = 0.0  # keys long ago: live data is drawn at once
+        app.post_message(SnapshotReady(Snapshot(now=NOW + 3, version=4)))
+        await wait_for(pilot, lambda: app.redraws == drawn + 2, what="live data drawn")
+
+
+def run_feed(feed: LiveFeed) -> tuple[list[SnapshotReady], threading.Thread]:
+    posted: list[SnapshotReady] = []
+    runner = threading.Thread(target=feed.run, args=(posted.append, lambda: False))
+    runner.start()
+    return posted, runner
+
+
+def wait_posted(posted: list, predicate, what: str) -> SnapshotReady:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = next((m for m in posted if predicate(m)), None)
+        if found is not None:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_urgent_wake_with_nothing_new_answers_with_the_last_snapshot(db_path):
+    store = Store.open(db_path)
+    feed = LiveFeed(store, interval=60, tick=60, analytics=None)
+    posted, runner = run_feed(feed)
+    try:
+        first = wait_posted(posted, lambda m: True, "the first snapshot")
+        feed.wake()  # an action that changed nothing this feed can see
+        again = wait_posted(posted, lambda m: m is not first, "an answer")
+        assert again.answer and again.snapshot is first.snapshot
+    finally:
+        feed.stop()
+        runner.join(10)
+        store.close()
+
+
+def test_an_action_answered_after_a_run_only_read_shows_its_effect(db_path):
+    """The run under the cursor is read on its own (a quick read keeps the rest of the last
+    snapshot); the answer to a decision made meanwhile must still show the decision."""
+    store = Store.open(db_path)
+    store.run_sync(
+        lambda db: db.execute(
+            "INSERT INTO reviews(run_id, step_id, status, created_at, params, reason) "
+            "VALUES ('r1', 'gate', 'pending', 1000, '{}', 'test')"
+        )
+    )
+    feed = LiveFeed(store, interval=60, tick=60, analytics=None)
+    posted, runner = run_feed(feed)
+    try:
+        wait_posted(posted, lambda m: m.snapshot.pending_count == 1, "the pending review")
+        feed.update(run_id="r-other", urgent=False)  # highlighted: read along with the next poll
+        store.run_sync(lambda db: db.execute("UPDATE reviews SET status = 'approved'"))
+        feed.wake()
+        answer = wait_posted(
+            posted, lambda m: m.answer and m.snapshot.pending_count == 0, "the decision read"
+        )
+        assert answer.snapshot.pending_reviews == ()
+    finally:
+        feed.stop()
+        runner.join(10)
+        store.close()

@@ -245,7 +245,8 @@ class ReviewPanel(Vertical):
                 )
             )
         self.table.set_rows(rows)
-        self.border_subtitle = f"{len(self._reviews)} pending"
+        if self.border_subtitle != (subtitle := f"{len(self._reviews)} pending"):
+            self.border_subtitle = subtitle
         self._show_detail()
         decided_key = (self._decided[:5], int(now))
         if decided_key == self._decided_key or self.has_class("-compact"):

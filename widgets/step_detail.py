@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from engine.views import StepView
 from widgets.text import clock, duration, plain, status_text, to_json
@@ -97,23 +99,31 @@ def step_renderable(
     return Group(*parts)
 
 
-class StepDetail(VerticalScroll):
-    """Details of the selected step."""
+class StepDetail(ScrollView, can_focus=True):
+    """Details of the selected step.
+
+    Drawn with the Line API: the details are rendered to lines once per change, and a change
+    refreshes only the lines that differ (a live duration redraws one line); the panel is laid
+    out again only when the number of lines changes.
+    """
 
     DEFAULT_CSS = """
     StepDetail {
+        width: 1fr;
         height: 1fr;
         padding: 0 1;
+        overflow-x: hidden;
+        overflow-y: auto;
         scrollbar-size-vertical: 1;
-    }
-    StepDetail > Static {
-        width: 1fr;
     }
     """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None):
-        super().__init__(Static(id="step-body"), id=id, classes=classes)
+        super().__init__(id=id, classes=classes)
         self._key: tuple | None = None
+        self._renderable: RenderableType = Text("select a step", style="dim")
+        self._strips: list[Strip] = []
+        self._drawn_for: tuple | None = None
 
     def show(
         self,
@@ -132,15 +142,71 @@ class StepDetail(VerticalScroll):
         if key == self._key:
             return
         self._key = key
-        body = self.query_one("#step-body", Static)
         if step is None and members:
-            body.update(
-                Group(
-                    Text(f"{len(members)} steps (collapsed; c expands)", style="bold"),
-                    plain(", ".join(members)),
-                )
+            self._renderable = Group(
+                Text(f"{len(members)} steps (collapsed; c expands)", style="bold"),
+                plain(", ".join(members)),
             )
         elif step is None:
-            body.update(Text("select a step", style="dim"))
+            self._renderable = Text("select a step", style="dim")
         else:
-            body.update(step_renderable(step, dependents, now, params, rendered))
+            self._renderable = step_renderable(step, dependents, now, params, rendered)
+        self._drawn_for = None
+        self._draw()
+
+    @property
+    def text(self) -> str:
+        """What the panel shows, as plain lines."""
+        return "\n".join(strip.text.rstrip() for strip in self._strips)
+
+    def _draw(self) -> None:
+        """Render the details to lines at the current width; refresh the lines that changed."""
+        if not self.is_mounted:
+            return
+        region = self.content_region
+        width, height = region.width, region.height
+        if width <= 0:
+            return  # not laid out yet: drawn on the first resize
+        style = self.rich_style
+        drawn_for = (width, height, style)
+        if drawn_for == self._drawn_for:
+            return
+        lines = self._render(width, style)
+        if len(lines) > height and width > 1:  # the scrollbar takes a column
+            lines = self._render(width - 1, style)
+        before = self._strips
+        self._strips = lines
+        self._drawn_for = drawn_for
+        self.virtual_size = Size(max((s.cell_length for s in lines), default=0), len(lines))
+        blank = Strip.blank(0)
+        changed = [
+            y
+            for y in range(max(len(before), len(lines)))
+            if (before[y] if y < len(before) else blank) != (lines[y] if y < len(lines) else blank)
+        ]
+        start = 0
+        for i, y in enumerate(changed):  # one refresh per run of adjacent lines
+            if i + 1 == len(changed) or changed[i + 1] != y + 1:
+                self.refresh_lines(changed[start], y - changed[start] + 1)
+                start = i + 1
+
+    def _render(self, width: int, style: Style) -> list[Strip]:
+        console = self.app.console
+        options = console.options.update(width=width, height=None, highlight=False)
+        lines = console.render_lines(self._renderable, options, style=style, pad=True)
+        return [Strip(line, width) for line in lines]
+
+    def render_line(self, y: int) -> Strip:
+        row = y + int(self.scroll_y)
+        width = self.scrollable_content_region.width
+        if row < len(self._strips):
+            return self._strips[row].crop_extend(0, width, self.rich_style)
+        return Strip.blank(width, self.rich_style)
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._drawn_for = None  # colours changed: render again with the new base style
+        self.call_later(self._draw)

@@ -105,12 +105,14 @@ class OverviewScreen(FlowdeckScreen):
         total = sum(counts.values())
         shown = len(snapshot.runs)
         filt = self.fd_app.feed.request.runs_filter
-        self.query_one("#runs-panel").border_subtitle = (
-            f"{shown} matching “{filt}”" if filt else f"newest {shown} of {total}"
-        )
+        subtitle = f"{shown} matching “{filt}”" if filt else f"newest {shown} of {total}"
+        runs_panel = self.query_one("#runs-panel")
+        if runs_panel.border_subtitle != subtitle:  # setting it repaints the whole panel
+            runs_panel.border_subtitle = subtitle
         self.query_one(ReviewPanel).show(snapshot.pending_reviews, snapshot.decided_reviews, now)
         panel = self.query_one("#reviews-panel")
-        panel.border_subtitle = f"{snapshot.pending_count} pending"
+        if panel.border_subtitle != (subtitle := f"{snapshot.pending_count} pending"):
+            panel.border_subtitle = subtitle
         # The queue takes what it needs, the runs the rest; on a short terminal it stops at four
         # rows (its title and the status line still count every pending review).
         cap = 14 if self.size.height >= 30 else 8

@@ -108,7 +108,9 @@ class RunScreen(FlowdeckScreen):
         dag = self.query_one(DagView)
         step = dag.step_node(dag.selected)
         detail = self.query_one(StepDetail)
-        detail.border_title = f"step {step.step_id}" if step else "step"
+        title = f"step {step.step_id}" if step else "step"
+        if detail.border_title != title:  # setting it repaints the whole panel
+            detail.border_title = title
         params, rendered = self.view.rendered_params(step) if step and self.view else (None, False)
         detail.show(
             step,
