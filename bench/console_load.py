@@ -9,6 +9,8 @@ file, for `--seconds`, and meanwhile measures:
 - keystroke-to-update latency (target p99 <= 100 ms), two kinds, each `--keys` times:
   * open: `enter` on the runs table until the run screen holds that run's data (a new read),
     and "open drawn": until the screen has been painted with it (layout and compositor);
+    the cursor is put on a random row of the first ten first, and that move's own repaint is
+    let happen before `enter` is pressed (it is not part of `enter`'s answer);
   * approve: `a` on the oldest pending review until it is gone from the screen (a
     compare-and-set write, then a read); pending reviews are added by the benchmark;
 - CPU share of this process (console + harness) and of the engine process, per core.
@@ -137,8 +139,11 @@ async def live_load(args: argparse.Namespace, tmp: Path) -> dict:
 
     paint = Screen._compositor_refresh
 
+    paints = [0]
+
     def painted(screen: Screen) -> None:
         paint(screen)
+        paints[0] += 1
         screen._bench_painted_view = getattr(screen, "view", None)  # type: ignore[attr-defined]
 
     Screen._compositor_refresh = painted  # type: ignore[method-assign]
@@ -171,8 +176,15 @@ async def live_load(args: argparse.Namespace, tmp: Path) -> dict:
             while time.perf_counter() < deadline:
                 # open a run: enter -> the run screen shows that run
                 table = app.screen.query_one(RunsTable)
+                before = paints[0]
                 table.move_cursor(row=rng.randrange(min(10, table.row_count)))
                 run_id = table.current_key
+                # The harness moved the cursor (a keystroke of its own): let its repaint
+                # happen before `enter`, as it has when a person presses the next key.
+                try:
+                    await wait_until(lambda before=before: paints[0] > before, 0.2)
+                except TimeoutError:  # the cursor stayed on its row: nothing to paint
+                    pass
                 if args.think:  # a person reads the highlighted row before pressing enter
                     await asyncio.sleep(args.think / 1000)
 

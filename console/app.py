@@ -215,6 +215,8 @@ class FlowdeckApp(App[None]):
             return
         self._waiting_since = None
         self.redraws += 1
+        if self.redraws == 1:
+            self.call_after_refresh(self._prepare_run_screen)
         if self.redraws == 2:
             # Everything built so far lives as long as the app: keep the collector from
             # walking it again and again (a full collection costs ~50 ms here).
@@ -299,6 +301,17 @@ class FlowdeckApp(App[None]):
         else:
             self.feed.wake()  # not found or not readable: the screen says "loading" until it is
         self._push_run(run_id, snap)
+
+    def _prepare_run_screen(self) -> None:
+        """Compose and mount the run screen once the first snapshot is on screen, so the first
+        run opened costs what the next ones do. (Textual mounts a screen when it is first
+        pushed; registering it is that step without showing it.)"""
+        register = getattr(self, "_register", None)
+        if self.is_screen_installed("run") or register is None or not self.is_running:
+            return
+        screen = RunScreen("")
+        self.install_screen(screen, "run")
+        register(self, screen)
 
     def _push_run(self, run_id: str, snap: Snapshot | None) -> None:
         if not self.is_screen_installed("run"):

@@ -79,9 +79,16 @@ class LiveFeed:
         """Least seconds between two posted snapshots."""
         self.tick = tick
         """Seconds after which an unchanged snapshot is re-posted with a fresh clock."""
-        self.reader = SnapshotReader(
-            store.read, analytics=default_analytics() if analytics == "default" else analytics
-        )
+        self.analytics_fn = default_analytics() if analytics == "default" else analytics
+        """Computes the analytics of a snapshot (None: none)."""
+        self.analytics_every = 3.0
+        """Seconds between two analytics computations."""
+        # The first snapshot is read with its analytics; later ones are computed in a thread
+        # of their own (`_follow_analytics`), so that a poll answering an operator never
+        # waits behind tens of milliseconds of analytics.
+        self.reader = SnapshotReader(store.read, analytics=self.analytics_fn)
+        self._analytics: Any = None
+        self._analytics_new = False
         self.polls = 0
         """Looks at the database so far."""
         self.posted = 0
@@ -120,7 +127,49 @@ class LiveFeed:
         self._wake.set()
 
     def run(self, post: Callable[[Message], Any], cancelled: Callable[[], bool]) -> None:
-        """Poll until `stop()` or `cancelled()`; call from one dedicated thread."""
+        """Poll until `stop()` or `cancelled()`; call from one dedicated thread (analytics are
+        computed in a second one, started and joined here)."""
+        done = threading.Event()
+        helper: threading.Thread | None = None
+        try:
+            if self.analytics_fn is not None:
+                helper = threading.Thread(
+                    target=self._follow_analytics,
+                    args=(lambda: done.is_set() or cancelled(),),
+                    name="flowdeck analytics",
+                    daemon=True,
+                )
+                helper.start()
+            self._poll_loop(post, cancelled)
+        finally:
+            done.set()
+            if helper is not None:
+                helper.join(10)
+
+    def _follow_analytics(self, finished: Callable[[], bool]) -> None:
+        fn = self.analytics_fn
+        assert fn is not None
+        while self.reader.last is None and not finished():  # the first poll computes them
+            self._stop.wait(0.05)
+        self._analytics = self.reader.last.analytics if self.reader.last else None
+        self.reader.analytics_fn = None
+        due = time.monotonic() + self.analytics_every
+        while not finished():
+            now = time.monotonic()
+            wait = max(due - now, self._calm_until - now)  # not while a key is being answered
+            if wait > 0:
+                self._stop.wait(min(wait, 0.25))
+                continue
+            try:
+                self._analytics = self.store.read(lambda db: fn(db, self.clock()))
+            except Exception:  # the feed reports a database it cannot read
+                pass
+            else:
+                self._analytics_new = True
+                self.wake(urgent=False)
+            due = time.monotonic() + self.analytics_every
+
+    def _poll_loop(self, post: Callable[[Message], Any], cancelled: Callable[[], bool]) -> None:
         last_post = float("-inf")
         while not (self._stop.is_set() or cancelled()):
             self._wake.clear()
@@ -139,24 +188,29 @@ class LiveFeed:
                 post(FeedFailed(str(e)))
             except Exception as e:  # never let the feed die silently
                 post(FeedFailed(f"{type(e).__name__}: {e}"))
+            # A quick poll may read only the run the request moved to and keep the rest; the
+            # action an urgent poll answers may have changed the rest: then read it too.
+            partial = (
+                urgent
+                and snapshot is not None
+                and before is not None
+                and snapshot is not before
+                and snapshot.run_counts is before.run_counts  # kept, not read again
+            )
             last = self.reader.last
+            fresh, self._analytics_new = self._analytics_new, False
             if snapshot is None and last is not None:
-                if urgent:  # nothing newer than the last snapshot: that one is the answer
+                if urgent or fresh:  # nothing newer than the last snapshot: that one answers
                     snapshot = last
                 elif time.monotonic() - last_post >= self.tick:
                     snapshot = dataclasses.replace(last, now=self.clock())
+            if snapshot is not None and self.reader.analytics_fn is None and self.analytics_fn:
+                snapshot = dataclasses.replace(snapshot, analytics=self._analytics)
             if snapshot is not None:
                 post(SnapshotReady(snapshot, answer=urgent))
                 self.posted += 1
                 last_post = time.monotonic()
-                if (
-                    urgent
-                    and before is not None
-                    and snapshot is not before
-                    and snapshot.run_counts is before.run_counts  # kept, not read again
-                ):
-                    # A quick poll read only the run the request moved to and kept the rest;
-                    # the action being answered may have changed the rest: read it now.
+                if partial:
                     self._urgent = True
                     continue
             self._wake.wait(self.interval)

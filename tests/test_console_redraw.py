@@ -273,3 +273,70 @@ def test_an_action_answered_after_a_run_only_read_shows_its_effect(db_path):
         feed.stop()
         runner.join(10)
         store.close()
+
+
+def test_an_answer_does_not_wait_behind_analytics(db_path):
+    """Analytics (tens of milliseconds) are computed in a thread of their own: a poll that
+    answers an operator goes ahead while they are being computed."""
+    release, started = threading.Event(), threading.Event()
+    calls: list[float] = []
+
+    def slow_analytics(db, now):
+        calls.append(now)
+        if len(calls) > 1:  # the first are read with the first snapshot
+            started.set()
+            release.wait(20)
+        return {"computed": len(calls)}
+
+    store = Store.open(db_path)
+    feed = LiveFeed(store, interval=60, tick=60, analytics=slow_analytics)
+    feed.analytics_every = 0.01
+    posted, runner = run_feed(feed)
+    try:
+        first = wait_posted(posted, lambda m: True, "the first snapshot")
+        assert first.snapshot.analytics == {"computed": 1}
+        assert started.wait(20), "analytics were not computed again"
+        store.run_sync(
+            lambda db: db.execute(
+                "INSERT INTO reviews(run_id, step_id, status, created_at, params, reason) "
+                "VALUES ('r1', 'gate', 'pending', 1000, '{}', 'test')"
+            )
+        )
+        feed.wake()  # an operator's action while the analytics are held
+        answer = wait_posted(
+            posted, lambda m: m.answer and m.snapshot.pending_count == 1, "the answer"
+        )
+        assert answer.snapshot.analytics == {"computed": 1}  # the last ones computed
+        release.set()
+        wait_posted(
+            posted, lambda m: m.snapshot.analytics["computed"] >= 2, "the new analytics posted"
+        )
+    finally:
+        release.set()
+        feed.stop()
+        runner.join(10)
+        store.close()
+
+
+async def test_the_run_screen_is_mounted_before_the_first_run_is_opened(store, console_store):
+    engine = Engine(store, max_concurrency=4)
+    await engine.start()
+    try:
+        run = await engine.run(flow("alpha", "one"))
+    finally:
+        await engine.aclose()
+    app = FlowdeckApp(console_store, analytics=None)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, lambda: app.redraws > 0, what="first snapshot drawn")
+        await wait_for(
+            pilot,
+            lambda: app.is_screen_installed("run") and app.get_screen("run").ready,
+            what="run screen mounted while idle",
+        )
+        screen = app.get_screen("run")
+        assert not isinstance(app.screen, RunScreen)  # mounted, not shown
+        app.open_run(run.run_id)
+        await wait_for(pilot, lambda: app.screen is screen, what="run screen")
+        await pilot.pause()
+        assert run.run_id in header_line(app) and "alpha" in header_line(app)
+        assert screen.query_one(DagView).step_node("second").status == "succeeded"

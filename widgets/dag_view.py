@@ -133,11 +133,14 @@ class DagView(ScrollView, can_focus=True):
 
     def show(self, run_id: str, steps: Sequence[StepView], now: float) -> None:
         """Show these steps of run `run_id` at time `now` (cheap when nothing changed)."""
+        steps = tuple(steps)
+        if run_id == self._run_id and now == self._at and steps == self._step_views:
+            return  # the same snapshot again
         if run_id != self._run_id:
             self._run_id = run_id
             self.set_reactive(DagView.collapsed, len(steps) > AUTO_COLLAPSE)
             self.set_reactive(DagView.selected, None)
-        self._step_views = tuple(steps)
+        self._step_views = steps
         self._at = now
         self._rebuild()
 
