@@ -10,6 +10,7 @@ keystroke while the answer to an action does not, and that answer holds the acti
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from dataclasses import replace
@@ -340,3 +341,18 @@ async def test_the_run_screen_is_mounted_before_the_first_run_is_opened(store, c
         await pilot.pause()
         assert run.run_id in header_line(app) and "alpha" in header_line(app)
         assert screen.query_one(DagView).step_node("second").status == "succeeded"
+
+
+async def test_full_collections_run_between_keystrokes_and_thresholds_come_back(console_store):
+    before = gc.get_threshold()
+    app = FlowdeckApp(console_store, analytics=None, live=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        app.gc_every = 0.05
+        app.show_snapshot(Snapshot(now=NOW, version=1))
+        app.show_snapshot(Snapshot(now=NOW, version=2))  # the second one takes over
+        assert gc.get_threshold()[2] > 100_000  # no automatic full collection meanwhile
+        full = gc.get_stats()[2]["collections"]
+        await wait_for(
+            pilot, lambda: gc.get_stats()[2]["collections"] > full, what="a full collection"
+        )
+    assert gc.get_threshold() == before
