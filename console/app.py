@@ -13,6 +13,7 @@ opens on top of the current section and `esc` goes back. `?` lists the keys with
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import getpass
 import time
@@ -162,6 +163,10 @@ class FlowdeckApp(App[None]):
 
     async def on_unmount(self) -> None:
         self.feed.stop()
+        if self.feed.started.is_set():  # (stopped before it began, it never reads)
+            # The feed thread reads through the store: let it end before the store's owner
+            # closes it (a read on a closed SQLite connection can crash the process).
+            await asyncio.to_thread(self.feed.finished.wait, 10)
         if self._gc_threshold is not None:
             gc.set_threshold(*self._gc_threshold)
             self._gc_threshold = None

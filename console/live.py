@@ -97,6 +97,10 @@ class LiveFeed:
         self._stop = threading.Event()
         self._urgent = False
         self._calm_until = 0.0
+        self.started = threading.Event()
+        """Set when `run()` has begun."""
+        self.finished = threading.Event()
+        """Set when `run()` has returned (no read of the store is under way any more)."""
 
     @property
     def request(self) -> SnapshotRequest:
@@ -129,6 +133,7 @@ class LiveFeed:
     def run(self, post: Callable[[Message], Any], cancelled: Callable[[], bool]) -> None:
         """Poll until `stop()` or `cancelled()`; call from one dedicated thread (analytics are
         computed in a second one, started and joined here)."""
+        self.started.set()
         done = threading.Event()
         helper: threading.Thread | None = None
         try:
@@ -145,6 +150,7 @@ class LiveFeed:
             done.set()
             if helper is not None:
                 helper.join(10)
+            self.finished.set()
 
     def _follow_analytics(self, finished: Callable[[], bool]) -> None:
         fn = self.analytics_fn
