@@ -5,7 +5,9 @@ layer before) and a chain of 200. For each shape:
 
 - bare:     asyncio.gather layer by layer (no engine, no store)
 - bare+db:  the same plus one batched sqlite3 insert per state change, committed per layer
-- engine:   the real Engine with the real Store (every state change persisted, WAL)
+- engine:   the real Engine with the real Store (every state change persisted, WAL): rows
+            written by the store's writer process beside the loop (the default)
+- thread-w: the same with the writer thread writing them (`FLOWDECK_WRITER=thread`)
 
 Prints wall time, µs/step overhead over bare asyncio, steps/s, the ratio engine/bare+db,
 peak RSS, and the time from process start to the first step of `flowdeck run` (a subprocess).
@@ -106,10 +108,11 @@ async def bare_db(layers: int, width: int, path: Path) -> float:
     return elapsed
 
 
-async def engine_run(spec: WorkflowSpec, path: Path) -> float:
-    store = Store.open(path)
+async def engine_run(spec: WorkflowSpec, path: Path, *, bulk_process: bool = True) -> float:
+    store = Store.open(path, bulk_process=bulk_process)
     try:
         async with Engine(store, max_concurrency=100_000, poll_commands=False) as eng:
+            await store.flush()  # the store is up (its writer process answers)
             t = time.perf_counter()
             run = await eng.run(spec)
             elapsed = time.perf_counter() - t
@@ -152,22 +155,26 @@ def main() -> None:
         retry_comparison(tmp, args.repeat)
         return
     print(f"{'shape':>9} {'steps':>6} {'bare ms':>8} {'bare+db':>8} {'engine':>8} "
-          f"{'µs/step':>8} {'steps/s':>8} {'×bare+db':>8}")  # fmt: skip
+          f"{'µs/step':>8} {'steps/s':>8} {'×bare+db':>8} {'thread-w':>9} {'µs/step':>8}")  # fmt: skip
     results = {}
     for name, (layers, width) in SHAPES.items():
         spec = layered(layers, width)
         n = layers * width
-        b, bd, e = [], [], []
+        b, bd, e, et = [], [], [], []
         for i in range(args.repeat):
             b.append(asyncio.run(bare(layers, width)))
             bd.append(asyncio.run(bare_db(layers, width, tmp / f"bare-{name}-{i}.db")))
             e.append(asyncio.run(engine_run(spec, tmp / f"engine-{name}-{i}.db")))
-        bm, bdm, em = (statistics.median(x) for x in (b, bd, e))
+            et.append(
+                asyncio.run(engine_run(spec, tmp / f"thread-{name}-{i}.db", bulk_process=False))
+            )
+        bm, bdm, em, etm = (statistics.median(x) for x in (b, bd, e, et))
         overhead_us = (em - bm) / n * 1e6
         results[name] = overhead_us
         print(
             f"{name:>9} {n:>6} {bm * 1e3:>8.2f} {bdm * 1e3:>8.2f} {em * 1e3:>8.2f} "
-            f"{overhead_us:>8.1f} {n / em:>8.0f} {em / bdm:>8.2f}"
+            f"{overhead_us:>8.1f} {n / em:>8.0f} {em / bdm:>8.2f} {etm * 1e3:>9.2f} "
+            f"{(etm - bm) / n * 1e6:>8.1f}"
         )
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     first = first_step_latency(tmp)

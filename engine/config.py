@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     """Seconds to wait for a lock held by another process before giving up (exit 3)."""
     synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     """`PRAGMA synchronous` for every connection."""
+    writer: Literal["process", "thread"] = "process"
+    """Who writes the engine's rows: a writer process beside the event loop (its own GIL), or
+    the store's writer thread (`engine/writer.py`)."""
     max_concurrency: int = Field(default=64, ge=1)
     """Steps running at once across all runs of one engine."""
     grace: float = Field(default=5.0, ge=0)

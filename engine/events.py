@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.store import Rows, Store, values_sql
+from engine.store import Rows, Store
 
 EVENT_SQL = "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES (?, ?, ?, ?, ?)"
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -35,7 +35,7 @@ def _encode(data: dict[str, Any]) -> str:
 EVENT_ROWS = Rows(
     "events",
     5,
-    lambda n: f"INSERT INTO events(ts, run_id, step_id, kind, data) VALUES {values_sql(5, n)}",
+    "INSERT INTO events(ts, run_id, step_id, kind, data) VALUES {values}",
 )
 """An event row (ts, run_id, step_id, kind, data); ids follow the order of `emit`."""
 

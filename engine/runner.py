@@ -45,7 +45,7 @@ from engine.models import (
     check_step_transition,
 )
 from engine.retries import RetryBudget, run_with_retries
-from engine.store import Rows, Store, values_sql
+from engine.store import Rows, Store
 
 log = logging.getLogger("flowdeck.runner")
 
@@ -56,34 +56,27 @@ COMMAND_POLL_SECONDS = 0.2
 STEP_ROWS = Rows(
     "steps",
     12,
-    lambda n: (
-        "UPDATE steps SET status=v.column1, attempt=v.column2, "
-        "started_at=coalesce(v.column3, steps.started_at), ended_at=v.column4, "
-        "duration_ms=v.column5, output=coalesce(v.column6, steps.output), error=v.column7, "
-        "error_class=v.column8, next_retry_at=v.column9, "
-        "operation=coalesce(v.column10, steps.operation) "
-        f"FROM (VALUES {values_sql(12, n)}) AS v "
-        "WHERE steps.run_id=v.column11 AND steps.step_id=v.column12"
-    ),
+    "UPDATE steps SET status=?, attempt=?, started_at=coalesce(?, started_at), ended_at=?, "
+    "duration_ms=?, output=coalesce(?, output), error=?, error_class=?, next_retry_at=?, "
+    "operation=coalesce(?, operation) WHERE run_id=? AND step_id=?",
     key=(10, 11),
     sticky=(2, 5, 9),
 )
 """A step row's state: (status, attempt, started_at, ended_at, duration_ms, output, error,
-error_class, next_retry_at, operation, run_id, step_id); the last per step in a batch wins."""
+error_class, next_retry_at, operation, run_id, step_id); the last per step in a batch wins. One
+UPDATE per row (by primary key): half the SQLite work of an UPDATE ... FROM (VALUES ...)."""
 ATTEMPT_ROWS = Rows(
     "attempts",
     14,
-    lambda n: (
-        "INSERT INTO attempts(run_id, step_id, number, agent, operation, status, started_at, "
-        "ended_at, duration_ms, error_class, error, next_retry_at, prompt_tokens, "
-        f"completion_tokens) VALUES {values_sql(14, n)} "
-        "ON CONFLICT(run_id, step_id, number) DO UPDATE SET "
-        "status=excluded.status, ended_at=excluded.ended_at, duration_ms=excluded.duration_ms, "
-        "error_class=excluded.error_class, error=excluded.error, "
-        "next_retry_at=excluded.next_retry_at, prompt_tokens=excluded.prompt_tokens, "
-        "completion_tokens=excluded.completion_tokens, "
-        "operation=coalesce(excluded.operation, operation)"
-    ),
+    "INSERT INTO attempts(run_id, step_id, number, agent, operation, status, started_at, "
+    "ended_at, duration_ms, error_class, error, next_retry_at, prompt_tokens, "
+    "completion_tokens) VALUES {values} "
+    "ON CONFLICT(run_id, step_id, number) DO UPDATE SET "
+    "status=excluded.status, ended_at=excluded.ended_at, duration_ms=excluded.duration_ms, "
+    "error_class=excluded.error_class, error=excluded.error, "
+    "next_retry_at=excluded.next_retry_at, prompt_tokens=excluded.prompt_tokens, "
+    "completion_tokens=excluded.completion_tokens, "
+    "operation=coalesce(excluded.operation, operation)",
 )
 """An attempt row, inserted or updated (a durable start first writes it `running`)."""
 RUN_UPDATE = (

@@ -25,17 +25,37 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from asyncio import _get_running_loop
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engine import migrations
+from engine import migrations, writer
 from engine.errors import DatabaseError
+from engine.writer import BARRIER as _BARRIER
+from engine.writer import CALL as _CALL
+from engine.writer import CHUNK_SIZES, MAX_BATCH, Rows, values_sql
+from engine.writer import DEFINE as _DEFINE
+from engine.writer import GATE as _GATE
+from engine.writer import OPEN as _OPEN_GATE
+from engine.writer import ROWS as _ROWS
+from engine.writer import SQL as _SQL
+from engine.writer import STOP as _STOP
+from engine.writer import describe as _describe
+
+__all__ = ["CHUNK_SIZES", "MAX_BATCH", "Rows", "Store", "values_sql"]
+
+_GATED = (_CALL, _BARRIER, _STOP)
+PIPE_BYTES = 1 << 20
+"""Size asked for the pipe to the writer process (Linux allows up to 1 MiB unprivileged)."""
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -44,14 +64,6 @@ log = logging.getLogger("flowdeck.store")
 
 T = TypeVar("T")
 SQLITE_HEADER = b"SQLite format 3\x00"
-MAX_BATCH = 20_000
-CHUNK_SIZES = (64, 8, 1)
-"""Rows per multi-row statement of a `Rows`, largest first: a group of n rows is written as
-n // 64 statements of 64 rows, then 8s, then singles. Few sizes keep the statements a new
-connection must prepare few (preparing one can cost as much as writing a hundred rows)."""
-
-_SQL, _CALL, _BARRIER, _STOP, _ROWS = range(5)
-
 _OPEN: dict[str, int] = {}
 """Files this process has open as stores (resolved path -> count). Reading such a file with
 plain `open()` is not allowed: closing that descriptor would drop the POSIX locks SQLite holds
@@ -91,102 +103,6 @@ def check_file(path: Path) -> None:
         )
 
 
-def _describe(e: sqlite3.Error, path: Path) -> str:
-    msg = str(e)
-    if "locked" in msg or "busy" in msg:
-        return f"{path}: database is locked by another process (gave up after the busy timeout)"
-    if "readonly" in msg or "unable to open" in msg or "disk I/O" in msg:
-        return f"{path}: cannot write the database ({msg})"
-    if "not a database" in msg or "malformed" in msg:
-        return f"{path}: corrupt or not a SQLite database ({msg})"
-    return f"{path}: {msg}"
-
-
-@contextlib.contextmanager
-def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """`BEGIN IMMEDIATE` ... `COMMIT`: the write lock is taken first (waiting up to the busy
-    timeout), so a function that reads then writes (a compare-and-set) never has to upgrade a
-    read snapshot that another process made stale, which SQLite refuses at once with
-    "database is locked" (SQLITE_BUSY_SNAPSHOT) instead of waiting."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
-
-
-class Rows:
-    """A statement the writer may batch: rows queued with `Store.put(rows, values)`.
-
-    `sql(n)` is the statement for `n` rows (values flattened in row order). Rows of one `Rows`
-    keep their order; rows of different `Rows` must commute (different tables, no trigger of one
-    reading another's table), because the writer writes each group at once. With `key` (indexes
-    into a row) only the last row per key is written, merged with the earlier ones: a None at a
-    `sticky` index keeps the earlier value (the statement's `coalesce(?, column)`), so the
-    result is that of writing every row in turn.
-    """
-
-    __slots__ = ("_cache", "key", "name", "sql", "sticky", "width")
-
-    def __init__(
-        self,
-        name: str,
-        width: int,
-        sql: Callable[[int], str],
-        *,
-        key: tuple[int, ...] | None = None,
-        sticky: tuple[int, ...] = (),
-    ):
-        self.name = name
-        self.width = width
-        self.sql = sql
-        self.key = key
-        self.sticky = sticky
-        self._cache: dict[int, str] = {}
-
-    def statement(self, n: int) -> str:
-        text = self._cache.get(n)
-        if text is None:
-            text = self._cache[n] = self.sql(n)
-        return text
-
-    def chunks(self, rows: list[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
-        """(statement, flat values) covering `rows` in order, in chunks of `CHUNK_SIZES`."""
-        i, n = 0, len(rows)
-        for size in CHUNK_SIZES:
-            while n - i >= size:
-                yield self.statement(size), [v for row in rows[i : i + size] for v in row]
-                i += size
-
-    def merge(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
-        """The last row per key (merged as described above), in order of each key's last row."""
-        key = self.key
-        if key is None:
-            return rows
-        last: dict[tuple, Sequence[Any]] = {}
-        sticky = self.sticky
-        for row in rows:
-            k = tuple(row[i] for i in key)
-            old = last.pop(k, None)
-            if old is not None and sticky:
-                row = list(row)
-                for i in sticky:
-                    if row[i] is None:
-                        row[i] = old[i]
-            last[k] = row
-        return list(last.values())
-
-
-def values_sql(width: int, n: int) -> str:
-    """`(?,?,..),(?,?,..)...`: n rows of `width` placeholders."""
-    one = "(" + ",".join("?" * width) + ")"
-    return ",".join([one] * n)
-
-
 @contextlib.contextmanager
 def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
     """What `Database.atomic()` does, on a bare connection."""
@@ -214,12 +130,6 @@ def _dict_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def _write_groups(conn: sqlite3.Connection, groups: dict[Rows, list[Sequence[Any]]]) -> None:
-    for rows, values in groups.items():
-        for sql, flat in rows.chunks(rows.merge(values)):
-            conn.execute(sql, flat)
-
-
 class Store:
     """A flowdeck SQLite file. Use `Store.open(path)`; call `close()` when done."""
 
@@ -229,6 +139,7 @@ class Store:
         *,
         busy_timeout: float = 5.0,
         synchronous: str = "NORMAL",
+        bulk_process: bool = True,
     ):
         self.path = Path(path)
         """The database file."""
@@ -254,7 +165,25 @@ class Store:
         self.failure: BaseException | None = None
         """The last error of a fire-and-forget batch, if any (the engine checks it)."""
         self.commits = 0
-        """Transactions committed by the writer (for benchmarks)."""
+        """Transactions committed by the writer thread and process (for benchmarks)."""
+        self.bulk_process = bulk_process
+        """Whether statements and rows go to a writer process (see `engine/writer.py`); if it
+        cannot start, or without it (`FLOWDECK_WRITER=thread`), the writer thread writes them."""
+        self._sent = False
+        """Anything was written to the process (a store only read needs not wait for it)."""
+        self._child: subprocess.Popen[bytes] | None = None
+        self._send_lock = threading.Lock()
+        """Held while queue items are taken and written to the process, in queue order."""
+        self._send_loop: asyncio.AbstractEventLoop | None = None
+        """The loop that has a send scheduled (producers on a loop send once per iteration)."""
+        self._gates: dict[int, tuple] = {}
+        """Items the writer thread runs itself, by gate number, until the process reaches them."""
+        self._gate_seq = 0
+        self._gated = False
+        """A call, barrier or stop was queued since the last send."""
+        self._rows: dict[str, Rows] = {}
+        """The `Rows` queued so far, by name (items carry the name)."""
+        self._commits = [0, 0]  # [thread, process]
         self._open_key: str | None = None
         self._db: sqlite_utils.Database | None = None
         """The writer's connection as a `Database`, made for the first `call` that wants one."""
@@ -350,7 +279,12 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None and self._thread.is_alive():
+        child = self._child
+        if child is not None and not self._sent and not self._items:
+            child.kill()  # a store only read from: nothing to write, no need to wait for it
+            if self._thread is not None:
+                self._thread.join()
+        elif self._thread is not None and self._thread.is_alive():
             done: concurrent.futures.Future[None] = concurrent.futures.Future()
             self._push((_STOP, None, None, done))
             self._thread.join()
@@ -373,20 +307,87 @@ class Store:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue one statement; it commits with the next batch (within milliseconds)."""
-        self._push((_SQL, sql, params, None))
+        self._enqueue((_SQL, sql, params, None))
 
     def put(self, rows: Rows, values: Sequence[Any]) -> None:
         """Queue one row of a batched statement (see `Rows`); it commits with the next batch."""
-        self._push((_ROWS, rows, values, None))
+        name = rows.name
+        if name not in self._rows:
+            self._rows[name] = rows
+            self._enqueue((_DEFINE, name, rows.definition(), None))
+        self._enqueue((_ROWS, name, values, None))
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         for params in rows:
             self.execute(sql, params)
 
-    def _push(self, item: tuple) -> None:
+    def _enqueue(self, item: tuple) -> None:
+        """Queue data (a statement or a row). With a writer process, a producer on an event loop
+        sends once per loop iteration, in bulk; any other producer sends at once."""
         self._items.append(item)
-        if self._idle:
-            self._kick()
+        if self._child is None:
+            if self._idle:
+                self._kick()
+            return
+        loop = _get_running_loop()
+        if loop is None:
+            self._send()
+        elif self._send_loop is not loop:
+            self._send_loop = loop
+            loop.call_soon(self._send)
+
+    def _push(self, item: tuple) -> None:
+        """Queue a call, barrier or stop: sent at once (somebody waits for it)."""
+        self._gated = True
+        self._items.append(item)
+        if self._child is None:
+            if self._idle:
+                self._kick()
+            return
+        self._send()
+
+    def _send(self) -> None:
+        """Write everything queued to the writer process, in queue order. A call, barrier or
+        stop becomes a GATE the process stops at until the writer thread has run the item (see
+        `_gatekeeper`)."""
+        with self._send_lock:
+            self._send_loop = None
+            items = self._items
+            if self._child is None:  # the process is gone: the thread writes from now on
+                if self._idle:
+                    self._kick()
+                return
+            if not items:
+                return
+            gated, self._gated = self._gated, False
+            popleft = items.popleft
+            batch = [popleft() for _ in range(len(items))]
+            if gated:
+                self._gate(batch)
+            try:
+                frame = writer.encode(batch)
+            except Exception:  # a gate queued by another thread meanwhile
+                self._gate(batch)
+                frame = writer.encode(batch)
+            self._write_child(frame)
+
+    def _gate(self, batch: list[tuple]) -> None:
+        """Calls, barriers and stops (callables, futures) travel as numbered gates."""
+        for i, item in enumerate(batch):
+            if item[0] in _GATED:
+                n = self._gate_seq = self._gate_seq + 1
+                self._gates[n] = item
+                batch[i] = (_GATE, n, None, None)
+
+    def _write_child(self, frame: bytes) -> None:
+        child = self._child
+        self._sent = True
+        try:
+            writer.write_all(child.stdin.fileno(), frame)  # type: ignore[union-attr]
+        except (OSError, ValueError, AttributeError) as e:
+            # The process is gone: its gatekeeper fails the waiting items.
+            if self.failure is None:
+                self.failure = DatabaseError(f"{self.path}: writer process is gone ({e})")
 
     def _kick(self) -> None:
         self._idle = False
@@ -430,9 +431,13 @@ class Store:
         except BaseException as e:
             ready.set_exception(e if isinstance(e, DatabaseError) else DatabaseError(str(e)))
             return
+        if self.bulk_process:
+            self._child = self._spawn()
         ready.set_result(None)
-        items, wake = self._items, self._wake
         try:
+            if self._child is not None and self._gatekeeper(conn, self._child):
+                return
+            items, wake = self._items, self._wake
             while True:
                 if not items:
                     self._idle = True
@@ -446,76 +451,124 @@ class Store:
         finally:
             conn.close()
 
-    def _process(self, conn: sqlite3.Connection, batch: list[tuple]) -> bool:
-        results: list[tuple[concurrent.futures.Future, Any, BaseException | None]] = []
-        stop = False
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        """Start the writer process (`engine/writer.py` with only the standard library)."""
+        root = str(Path(writer.__file__).resolve().parent.parent)
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); from engine.writer import main; "
+            "sys.exit(main(sys.argv[1:]))"
+        )
+        args = [str(self.path), self.synchronous, str(int(self.busy_timeout * 1000))]
         try:
-            with _write_transaction(conn):
-                # Consecutive statements with the same SQL run as one executemany, `Rows` between
-                # two other items as one group each; anything else runs in queue order, so the
-                # result is that of running the queue in order. (At most one of `run_rows` and
-                # `groups` is non-empty at any time.)
-                run_sql: str | None = None
-                run_rows: list[Sequence[Any]] = []
-                groups: dict[Rows, list[Sequence[Any]]] = {}
-                for kind, a, b, fut in batch:
-                    if kind == _ROWS:
-                        if run_rows:
-                            conn.executemany(run_sql, run_rows)
-                            run_sql, run_rows = None, []
-                        group = groups.get(a)
-                        if group is None:
-                            groups[a] = [b]
-                        else:
-                            group.append(b)
-                        continue
-                    if groups:
-                        _write_groups(conn, groups)
-                        groups = {}
-                    if kind == _SQL:
-                        if a is run_sql or a == run_sql:
-                            run_rows.append(b)
-                            continue
-                        if run_rows:
-                            conn.executemany(run_sql, run_rows)
-                        run_sql, run_rows = a, [b]
-                        continue
-                    if run_rows:
-                        conn.executemany(run_sql, run_rows)
-                        run_sql, run_rows = None, []
-                    if kind == _CALL:
-                        try:
-                            if b:
-                                with _savepoint(conn):
-                                    results.append((fut, a(conn), None))
-                            else:
-                                if self._db is None:
-                                    self._db = _database(conn)
-                                with self._db.atomic():
-                                    results.append((fut, a(self._db), None))
-                        except Exception as e:
-                            results.append((fut, None, e))
-                    else:
-                        results.append((fut, None, None))
-                        stop = stop or kind == _STOP
-                if run_rows:
-                    conn.executemany(run_sql, run_rows)
-                if groups:
-                    _write_groups(conn, groups)
-            self.commits += 1
-        except sqlite3.Error as e:
-            if len(batch) > 1:
-                # One bad statement must not lose the rest: replay one at a time.
-                log.warning("batch of %d failed (%s); replaying one by one", len(batch), e)
-                for item in batch:
-                    stop = self._process(conn, [item]) or stop
-                return stop
+            child = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", code, *args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                # Its own process group: a Ctrl-C at the terminal goes to the engine, which
+                # still has rows to write; the process ends when its input does.
+                start_new_session=True,
+            )
+        except OSError as e:
+            log.warning("writer process did not start (%s); writing in a thread", e)
+            return None
+        # A roomy pipe: the loop hands rows over without waiting while the process writes the
+        # previous ones (64 KiB by default: the loop would stall behind SQLite).
+        with contextlib.suppress(AttributeError, OSError):
+            fcntl.fcntl(child.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
+        return child
+
+    def _gatekeeper(self, conn: sqlite3.Connection, child: subprocess.Popen[bytes]) -> bool:
+        """The writer thread beside a writer process: reads its replies; at each gate (the
+        process has committed everything before the item and waits) runs the item on this
+        thread's connection, commits, then opens the gate. True once stopped; False if the
+        process ended on its own (what it had not committed is lost, as in a crash; the items
+        waiting on it fail, and the thread writes from then on)."""
+        replies = writer.FrameReader(child.stdout.fileno())  # type: ignore[union-attr]
+        stopped = False
+        while not stopped:
+            messages = replies.read()
+            if not messages and replies.eof:
+                break
+            for message in messages:
+                if message[0] == "e":
+                    self.failure = DatabaseError(message[1])
+                    log.error("write failed: %s", message[1])
+                    continue
+                _, n, child_commits = message
+                self._commits[1] = child_commits
+                item = self._gates.pop(n)
+                stopped = stopped or item[0] == _STOP
+                if item[0] == _CALL:
+                    results = self._run_items(conn, [item])
+                else:
+                    results = [(item[3], None, None)] if item[3] is not None else []
+                self.commits = sum(self._commits)
+                with self._send_lock:
+                    self._write_child(writer.encode([(_OPEN_GATE, n, None, None)]))
+                self._resolve(results)
+        if stopped:
+            child.stdin.close()  # type: ignore[union-attr]
+            child.wait()
+            return True
+        child.wait()
+        if self._closed and not self._sent:  # killed by `close()`: it never had work
+            return True
+        # The process ended on its own (killed, or crashed).
+        err = child.stderr.read().decode(errors="replace").strip().splitlines()  # type: ignore[union-attr]
+        reason = err[-1] if err else f"exit code {child.returncode}"
+        failure = DatabaseError(f"{self.path}: writer process ended ({reason})")
+        log.error("%s; writing in the writer thread from now on", failure)
+        with self._send_lock:
+            self.failure = failure
+            self._child = None
+            waiting = list(self._gates.values())
+            self._gates.clear()
+        with contextlib.suppress(OSError):
+            child.stdin.close()  # type: ignore[union-attr]
+        for item in waiting:
+            fut = item[3]
+            if fut is not None and not fut.done():
+                fut.set_exception(failure)
+        return any(item[0] == _STOP for item in waiting)
+
+    def _process(self, conn: sqlite3.Connection, batch: list[tuple]) -> bool:
+        """Write a batch in the thread (no writer process); True once a STOP was seen."""
+        self._resolve(self._run_items(conn, batch))
+        return any(item[0] == _STOP for item in batch)
+
+    def _run_items(
+        self, conn: sqlite3.Connection, batch: list[tuple]
+    ) -> list[tuple[concurrent.futures.Future, Any, BaseException | None]]:
+        done: list[tuple[concurrent.futures.Future, Any, BaseException | None]] = []
+
+        def other(item: tuple) -> Any:
+            kind, fn, raw, _ = item
+            if kind != _CALL:
+                return None
+            if raw:
+                with _savepoint(conn):
+                    return fn(conn)
+            if self._db is None:
+                self._db = _database(conn)
+            with self._db.atomic():
+                return fn(self._db)
+
+        def failed(item: tuple, e: sqlite3.Error) -> None:
             self.failure = DatabaseError(_describe(e, self.path))
             log.error("write failed: %s", e)
-            kind, a, b, fut = batch[0]
+            fut = item[3]
             if fut is not None:
-                results = [(fut, None, self.failure if kind == _CALL else None)]
-            stop = kind == _STOP
+                done.append((fut, None, self.failure if item[0] == _CALL else None))
+
+        commits, results = writer.process(conn, batch, other, failed, self._rows)
+        self._commits[0] += commits
+        self.commits = sum(self._commits)
+        done += [(item[3], value, exc) for item, value, exc in results if item[3] is not None]
+        return done
+
+    @staticmethod
+    def _resolve(results: list[tuple[concurrent.futures.Future, Any, BaseException | None]]) -> None:
         for fut, value, exc in results:
             if fut.done():
                 continue
@@ -523,7 +576,6 @@ class Store:
                 fut.set_exception(exc)
             else:
                 fut.set_result(value)
-        return stop
 
     # ------------------------------------------------------------------ reader side
 

@@ -348,9 +348,9 @@ def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_fact
 
 
 def test_rows_chunks_cover_every_row_in_order():
-    from engine.store import CHUNK_SIZES, Rows, values_sql
+    from engine.store import CHUNK_SIZES, Rows
 
-    rows = Rows("t", 2, lambda n: f"INSERT INTO t VALUES {values_sql(2, n)}")
+    rows = Rows("t", 2, "INSERT INTO t VALUES {values}")
     for n in (0, 1, 2, 3, 7, 8, 9, 63, 64, 65, 64 * 3 + 8 * 5 + 7):
         data = [(i, -i) for i in range(n)]
         chunks = list(rows.chunks(data))

@@ -14,5 +14,8 @@ def open_store(settings: Settings, *, must_exist: bool = True) -> Store:
             f"{settings.db}: no flowdeck database here (run a workflow first, or pass --db)"
         )
     return Store.open(
-        settings.db, busy_timeout=settings.busy_timeout, synchronous=settings.synchronous
+        settings.db,
+        busy_timeout=settings.busy_timeout,
+        synchronous=settings.synchronous,
+        bulk_process=settings.writer == "process",
     )

@@ -13,8 +13,9 @@ from console.cli import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK
 from console.commands.common import open_store
 from engine.errors import InputError
 
-FIRST_STEP_GRACE = 0.2
-"""Seconds `run` waits for the first step to start before loading its progress display."""
+DISPLAY_DELAY = 0.2
+"""Seconds into a run before `run` loads its live progress display (a run that ends sooner
+shows the summary only)."""
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -104,15 +105,13 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
     engine = Engine(store, max_concurrency=settings.max_concurrency)
     engine.undo.history_cap = settings.history_cap
     early: list[Any] = []  # events until the progress display is up
-    started = asyncio.get_running_loop().create_future()
-    first_marks = {"step.running"} | {
-        f"run.{s.value}" for s in RunStatus if s.ended or s is RunStatus.INTERRUPTED
-    }
+    ended = asyncio.get_running_loop().create_future()
+    end_kinds = {f"run.{s.value}" for s in RunStatus if s.ended or s is RunStatus.INTERRUPTED}
 
     def keep(ev: Any) -> None:
         early.append(ev)
-        if not started.done() and ev.kind in first_marks:
-            started.set_result(None)
+        if not ended.done() and ev.kind in end_kinds:
+            ended.set_result(None)
 
     unsubscribe = engine.events.subscribe(keep)
     await engine.start()
@@ -122,11 +121,10 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
             run = await engine.resume(how["resume"])
         else:
             run = await engine.submit(how["spec"], how["inputs"], source=how["source"])
-        # Let the first step start before loading the display (rich, ~30 ms): it can come up
-        # a little later, the work need not wait for it. (A run whose first step waits for a
-        # review or a retry gets its display after FIRST_STEP_GRACE.)
+        # The display (rich: ~30 ms of imports, holding the GIL) comes up DISPLAY_DELAY into
+        # the run, so the first steps never wait for it; its events are replayed.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(started), FIRST_STEP_GRACE)
+            await asyncio.wait_for(asyncio.shield(ended), DISPLAY_DELAY)
         from console.progress import RunProgress
 
         progress = RunProgress(run.run_id, run.spec.name, len(run.spec.steps), live=not args.json)

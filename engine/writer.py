@@ -1,0 +1,372 @@
+"""How the store writes: batches of queued items, each batch one transaction.
+
+Used in two places: the store's writer thread (`engine/store.py`), and the bulk writer process
+the store starts for the engine's hot writes (`main` below, run as `python -I -S writer.py`).
+The process has its own interpreter and so its own GIL: SQLite's work on the engine's rows runs
+on another core while the event loop goes on. (A writer thread shares the loop's GIL; while the
+loop is busy, its `epoll` calls release and retake the GIL so often that a waiting thread never
+gets it, so in-process writes run after the loop, not beside it.)
+
+This module imports nothing but the standard library: the process starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import signal
+import sqlite3
+import struct
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the process imports no more than it needs: it starts with every run
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any
+
+    Other = Callable[[tuple], Any]
+    """Handles a queue item that is neither SQL nor ROWS, inside the batch's transaction."""
+    Result = tuple[tuple, Any, BaseException | None]
+
+MAX_BATCH = 20_000
+CHUNK_SIZES = (64, 8, 1)
+"""Rows per multi-row statement of a `Rows`, largest first: a group of n rows is written as
+n // 64 statements of 64 rows, then 8s, then singles. Few sizes keep the statements a new
+connection must prepare few (preparing one can cost as much as writing a hundred rows)."""
+
+SQL, CALL, BARRIER, STOP, ROWS, DEFINE, GATE, OPEN = range(8)
+"""Kinds of queue items, (kind, a, b, token): SQL (sql, params), ROWS (statement name, row),
+DEFINE (statement name, `Rows.definition()`: before its first row), and CALL, BARRIER and STOP,
+which the writer thread runs. Between the store and its writer process those three travel as
+GATE (number) and come back opened as OPEN (number)."""
+
+VALUES = "{values}"
+
+
+class Rows:
+    """A statement the writer may batch: rows queued with `Store.put(rows, values)`.
+
+    `sql` is the statement; `{values}` in it stands for n rows of `width` placeholders, written
+    as multi-row statements (`CHUNK_SIZES`); a statement without it is run once per row
+    (`executemany`, cheaper where SQLite would materialise the rows first, as for an UPDATE
+    ... FROM). Rows of one `Rows` keep their order; rows of different `Rows` must commute
+    (different tables, no trigger of one reading another's table), because the writer writes
+    each group at once. With `key` (indexes into a row) only the last row per key is written,
+    merged with the earlier ones: a None at a `sticky` index keeps the earlier value (the
+    statement's `coalesce(?, column)`), so the result is that of writing every row in turn.
+    Rows are queued by name; the statement travels once (`definition`).
+    """
+
+    __slots__ = ("_cache", "key", "name", "sql", "sticky", "width")
+
+    def __init__(
+        self,
+        name: str,
+        width: int,
+        sql: str,
+        *,
+        key: tuple[int, ...] | None = None,
+        sticky: tuple[int, ...] = (),
+    ):
+        self.name = name
+        self.width = width
+        self.sql = sql
+        self.key = key
+        self.sticky = sticky
+        self._cache: dict[int, str] = {}
+
+    def definition(self) -> tuple:
+        """What `Rows(name, *definition)` needs (plain data, for the writer process)."""
+        return (self.width, self.sql, self.key, self.sticky)
+
+    @property
+    def multi(self) -> bool:
+        return VALUES in self.sql
+
+    def statement(self, n: int) -> str:
+        text = self._cache.get(n)
+        if text is None:
+            text = self._cache[n] = self.sql.replace(VALUES, values_sql(self.width, n))
+        return text
+
+    def chunks(self, rows: list[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
+        """(statement, flat values) covering `rows` in order, in chunks of `CHUNK_SIZES`."""
+        i, n = 0, len(rows)
+        for size in CHUNK_SIZES:
+            while n - i >= size:
+                yield self.statement(size), [v for row in rows[i : i + size] for v in row]
+                i += size
+
+    def merge(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
+        """The last row per key (merged as described above), in order of each key's last row."""
+        key = self.key
+        if key is None:
+            return rows
+        last: dict[tuple, Sequence[Any]] = {}
+        sticky = self.sticky
+        for row in rows:
+            k = tuple(row[i] for i in key)
+            old = last.pop(k, None)
+            if old is not None and sticky:
+                row = list(row)
+                for i in sticky:
+                    if row[i] is None:
+                        row[i] = old[i]
+            last[k] = row
+        return list(last.values())
+
+    def write(self, conn: sqlite3.Connection, rows: list[Sequence[Any]]) -> None:
+        rows = self.merge(rows)
+        if not self.multi:
+            conn.executemany(self.sql, rows)
+            return
+        for sql, flat in self.chunks(rows):
+            conn.execute(sql, flat)
+
+
+def values_sql(width: int, n: int) -> str:
+    """`(?,?,..),(?,?,..)...`: n rows of `width` placeholders."""
+    one = "(" + ",".join("?" * width) + ")"
+    return ",".join([one] * n)
+
+
+def describe(e: sqlite3.Error, path: object) -> str:
+    msg = str(e)
+    if "locked" in msg or "busy" in msg:
+        return f"{path}: database is locked by another process (gave up after the busy timeout)"
+    if "readonly" in msg or "unable to open" in msg or "disk I/O" in msg:
+        return f"{path}: cannot write the database ({msg})"
+    if "not a database" in msg or "malformed" in msg:
+        return f"{path}: corrupt or not a SQLite database ({msg})"
+    return f"{path}: {msg}"
+
+
+def _write(
+    conn: sqlite3.Connection, batch: list[tuple], other: Other | None, named: dict[str, Rows]
+) -> list[Result]:
+    # Consecutive statements with the same SQL run as one executemany, `Rows` between two other
+    # items as one group each; anything else runs in queue order, so the result is that of
+    # running the queue in order. (At most one of `run_rows` and `groups` is non-empty.)
+    results: list[Result] = []
+    run_sql: str | None = None
+    run_rows: list[Sequence[Any]] = []
+    groups: dict[Rows, list[Sequence[Any]]] = {}
+    for item in batch:
+        kind, a, b, _ = item
+        if kind == ROWS:
+            if run_rows:
+                conn.executemany(run_sql, run_rows)
+                run_sql, run_rows = None, []
+            rows = named[a]
+            group = groups.get(rows)
+            if group is None:
+                groups[rows] = [b]
+            else:
+                group.append(b)
+            continue
+        if kind == DEFINE:
+            if a not in named:
+                width, sql, key, sticky = b
+                named[a] = Rows(a, width, sql, key=key, sticky=sticky)
+            continue
+        if groups:
+            for rows, values in groups.items():
+                rows.write(conn, values)
+            groups = {}
+        if kind == SQL:
+            if a is run_sql or a == run_sql:
+                run_rows.append(b)
+                continue
+            if run_rows:
+                conn.executemany(run_sql, run_rows)
+            run_sql, run_rows = a, [b]
+            continue
+        if run_rows:
+            conn.executemany(run_sql, run_rows)
+            run_sql, run_rows = None, []
+        if other is None:
+            raise ValueError(f"unexpected queue item kind {kind}")
+        try:
+            results.append((item, other(item), None))
+        except Exception as e:
+            results.append((item, None, e))
+    if run_rows:
+        conn.executemany(run_sql, run_rows)
+    for rows, values in groups.items():
+        rows.write(conn, values)
+    return results
+
+
+def process(
+    conn: sqlite3.Connection,
+    batch: list[tuple],
+    other: Other | None,
+    failed: Callable[[tuple, sqlite3.Error], None],
+    named: dict[str, Rows],
+) -> tuple[int, list[Result]]:
+    """Write `batch` in one transaction: (transactions committed, results of `other`). If
+    SQLite fails, the batch is rolled back and replayed an item at a time (one bad statement
+    must not lose the rest); each item that still fails is reported to `failed`."""
+    # BEGIN IMMEDIATE: the write lock is taken first (waiting up to the busy timeout), so a
+    # function that reads then writes (a compare-and-set) never has to upgrade a read snapshot
+    # that another process made stale, which SQLite refuses at once (SQLITE_BUSY_SNAPSHOT).
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = _write(conn, batch, other, named)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return 1, results
+    except sqlite3.Error as e:
+        if len(batch) == 1:
+            failed(batch[0], e)
+            return 0, []
+        import logging
+
+        logging.getLogger("flowdeck.store").warning(
+            "batch of %d failed (%s); replaying one by one", len(batch), e
+        )
+    commits, results = 0, []
+    for item in batch:
+        n, r = process(conn, [item], other, failed, named)
+        commits += n
+        results += r
+    return commits, results
+
+
+# --------------------------------------------------------------------------- the process
+
+HEADER = struct.Struct("<Ic")
+
+
+def encode(message: Any) -> bytes:
+    """A length-prefixed frame: marshal (twice as fast for the plain tuples of rows), or
+    pickle for values marshal does not know."""
+    try:
+        data, how = marshal.dumps(message), b"M"
+    except ValueError:
+        import pickle
+
+        data, how = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), b"P"
+    return HEADER.pack(len(data), how) + data
+
+
+def _decode(how: bytes, data: bytes) -> Any:
+    if how == b"M":
+        return marshal.loads(data)
+    import pickle
+
+    return pickle.loads(data)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class FrameReader:
+    """Length-prefixed pickles from a pipe."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = bytearray()
+        self.eof = False
+
+    def read(self) -> list[Any]:
+        """The messages complete after one blocking read (empty at end of file)."""
+        while True:
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                self.eof = True
+                return []
+            self.buf += chunk
+            out = self._complete()
+            if out:
+                return out
+
+    def _complete(self) -> list[Any]:
+        out, buf, pos, size = [], self.buf, 0, HEADER.size
+        while len(buf) - pos >= size:
+            n, how = HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - size < n:
+                break
+            out.append(_decode(how, bytes(buf[pos + size : pos + size + n])))
+            pos += size + n
+        del buf[:pos]
+        return out
+
+    def ready(self) -> bool:
+        """Whether a read would not block."""
+        import select
+
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+
+def main(argv: list[str]) -> int:
+    """The bulk writer process: queue items from stdin, replies on stdout.
+
+    In: lists of items, SQL / ROWS / DEFINE to write, (GATE, n) where the writer thread runs an
+    item of its own, (OPEN, n) when it has. Out: ("g", n, commits) once everything before gate n
+    is committed (the process then writes nothing until OPEN n arrives), ("e", message) for a
+    statement that failed. Ends at end of input, after writing what it read. It has a process
+    group of its own (a Ctrl-C at the terminal is for the engine, which may still have rows to
+    write) and ignores SIGINT and SIGTERM sent to it directly.
+    """
+    path, synchronous, busy_ms = argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    inp, out = FrameReader(0), 1
+    commits = 0
+    pending: list[tuple] = []
+    opened: set[int] = set()
+    named: dict[str, Rows] = {}
+
+    def failed(item: tuple, e: sqlite3.Error) -> None:
+        write_all(out, encode(("e", describe(e, path))))
+
+    def take(messages: list[Any]) -> None:
+        for items in messages:
+            for item in items:
+                if item[0] == OPEN:
+                    opened.add(item[1])
+                else:
+                    pending.append(item)
+
+    while True:
+        if not pending:
+            take(inp.read())
+            if inp.eof and not pending:
+                break
+        while not inp.eof and inp.ready():  # group commit: whatever has arrived
+            take(inp.read())
+        gate: int | None = None
+        end = min(len(pending), MAX_BATCH)
+        for i in range(end):
+            if pending[i][0] == GATE:
+                gate, end = pending[i][1], i
+                break
+        batch = pending[:end]
+        del pending[: end + (gate is not None)]
+        if batch:
+            n, _ = process(conn, batch, None, failed, named)
+            commits += n
+        if gate is not None:
+            write_all(out, encode(("g", gate, commits)))
+            while gate not in opened:
+                take(inp.read())
+                if inp.eof:
+                    return 0
+            opened.discard(gate)
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
