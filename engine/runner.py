@@ -79,6 +79,14 @@ ATTEMPT_ROWS = Rows(
     "operation=coalesce(excluded.operation, operation)",
 )
 """An attempt row, inserted or updated (a durable start first writes it `running`)."""
+CANCEL_UNSTARTED_RUN = (
+    "UPDATE runs SET status='cancelled', ended_at=?, error='cancelled before it started' "
+    "WHERE id=? AND status='pending'"
+)
+CANCEL_UNSTARTED_STEPS = (
+    "UPDATE steps SET status='cancelled', ended_at=?, error_class='cancelled' "
+    "WHERE run_id=? AND status='pending'"
+)
 RUN_UPDATE = (
     "UPDATE runs SET status=?, started_at=coalesce(?, started_at), ended_at=?, error=?, "
     "owner=?, lease_until=? WHERE id=?"
@@ -987,7 +995,16 @@ class Engine:
                 [(run_id, *row) for row in run.plan.step_rows],
             )
 
-        await self.store.run(create_rows, raw=True)
+        created = self.store.call(create_rows, raw=True)
+        try:
+            await asyncio.wrap_future(created)
+        except asyncio.CancelledError:
+            # The rows are written all the same (the writer does not stop for us): end the run
+            # as cancelled, queued after them, so none is left pending with nobody to run it.
+            self.store.execute(CANCEL_UNSTARTED_RUN, (self.clock(), run_id))
+            self.store.execute(CANCEL_UNSTARTED_STEPS, (self.clock(), run_id))
+            self.events.emit("run.cancelled", run_id, None, reason="cancelled before it started")
+            raise
         self.events.emit("run.created", run_id, None, workflow=spec.name, steps=len(spec.steps))
         self.runs[run_id] = run
         run.start()

@@ -445,3 +445,31 @@ async def test_cancel_while_a_review_gate_opens(engine, store, caplog):
     assert await asyncio.wait_for(run.wait(), 10) is RunStatus.CANCELLED
     assert statuses(store, run.run_id) == {"a": "cancelled", "b": "cancelled"}
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def test_a_submit_cancelled_while_its_rows_are_written_leaves_no_pending_run(store):
+    """Cancelling `submit` (a demo quitting, a request dropped) while the run's rows are being
+    written: the rows land all the same, so the run is ended as cancelled, never left pending
+    with nobody to run it."""
+    import threading
+
+    gate = threading.Event()
+    async with Engine(store, poll_commands=False) as eng:
+        blocker = store.call(lambda db: gate.wait(10))  # the writer is busy: the rows wait
+        task = asyncio.create_task(eng.submit(wf({"a": py("noop")})))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        blocker.result()
+        await store.flush()
+    runs = store.query("SELECT id, status, error FROM runs")
+    assert [(r["status"], r["error"]) for r in runs] == [
+        ("cancelled", "cancelled before it started")
+    ]
+    assert store.query("SELECT status FROM steps") == [{"status": "cancelled"}]
+    kinds = [
+        r["kind"] for r in store.query("SELECT kind FROM events WHERE run_id = ?", (runs[0]["id"],))
+    ]
+    assert kinds == ["run.cancelled"]
