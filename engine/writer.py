@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import struct
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the process imports no more than it needs: it starts with every run
@@ -41,6 +42,10 @@ which the writer thread runs. Between the store and its writer process those thr
 GATE (number) and come back opened as OPEN (number)."""
 
 VALUES = "{values}"
+COALESCE = 0.02
+"""Seconds the writer process gathers rows that keep arriving before it commits them."""
+IDLE = 0.002
+"""Seconds without new rows after which it commits what it has."""
 
 
 class Rows:
@@ -299,11 +304,11 @@ class FrameReader:
         del buf[:pos]
         return out
 
-    def ready(self) -> bool:
-        """Whether a read would not block."""
+    def ready(self, timeout: float = 0) -> bool:
+        """Whether a read would not block (waiting up to `timeout` seconds for it)."""
         import select
 
-        return bool(select.select([self.fd], [], [], 0)[0])
+        return bool(select.select([self.fd], [], [], timeout)[0])
 
 
 def main(argv: list[str]) -> int:
@@ -331,21 +336,33 @@ def main(argv: list[str]) -> int:
     def failed(item: tuple, e: sqlite3.Error) -> None:
         write_all(out, encode(("e", describe(e, path))))
 
-    def take(messages: list[Any]) -> None:
+    def take(messages: list[Any]) -> bool:
+        """Queue the messages' items; True if one is a gate."""
+        gated = False
         for items in messages:
             for item in items:
                 if item[0] == OPEN:
                     opened.add(item[1])
                 else:
+                    gated = gated or item[0] == GATE
                     pending.append(item)
+        return gated
 
     while True:
+        gated = False
         if not pending:
-            take(inp.read())
+            gated = take(inp.read())
             if inp.eof and not pending:
                 break
-        while not inp.eof and inp.ready():  # group commit: whatever has arrived
-            take(inp.read())
+        # Group commit: while rows keep coming (a busy loop sends every iteration), gather them
+        # for up to COALESCE seconds; a quiet pipe (IDLE) or a gate (somebody waits) ends it.
+        # Fewer, larger transactions: each commit rewrites the pages it touched to the WAL.
+        until = time.monotonic() + COALESCE
+        while not gated and not inp.eof and len(pending) < MAX_BATCH:
+            left = until - time.monotonic()
+            if left <= 0 or not inp.ready(min(left, IDLE)):
+                break
+            gated = take(inp.read())
         gate: int | None = None
         end = min(len(pending), MAX_BATCH)
         for i in range(end):
