@@ -47,6 +47,10 @@ def test_run_hello_prints_progress_and_summary(cli, tmp_path):
     assert res.code == 0, res.stderr
     assert "succeeded" in res.stdout
     assert "✓ summary" in res.stderr  # progress goes to stderr
+    lines = res.stderr.splitlines()  # its header first, even for steps done before it came up
+    assert lines[0].startswith("run ") and lines[0].endswith("(6 steps)"), lines
+    steps = ("greet", "host", "count", "shout", "pause", "summary")
+    assert sorted(line.strip() for line in lines[1:7]) == sorted(f"✓ {s}" for s in steps)
     runs = cli("runs", "--json", "--db", str(db)).json()["runs"]
     assert len(runs) == 1 and runs[0]["status"] == "succeeded"
     assert runs[0]["steps_done"] == runs[0]["steps_total"] == 6

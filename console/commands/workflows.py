@@ -129,10 +129,10 @@ async def _drive(store: Any, settings: Settings, args: argparse.Namespace, **how
 
         progress = RunProgress(run.run_id, run.spec.name, len(run.spec.steps), live=not args.json)
         unsubscribe()
-        for ev in early:
-            progress.on_event(ev)
-        engine.events.subscribe(progress.on_event)
-        with progress:
+        with progress:  # its header first, then the events so far, then the live ones
+            for ev in early:
+                progress.on_event(ev)
+            engine.events.subscribe(progress.on_event)
             status = await run.wait()
     finally:
         stop()
