@@ -125,6 +125,10 @@ def _database(conn: sqlite3.Connection) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
 
 
+def _is_busy(e: sqlite3.Error) -> bool:
+    return "locked" in str(e) or "busy" in str(e)
+
+
 def _dict_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     names = [d[0] for d in cursor.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cursor]
@@ -254,18 +258,20 @@ class Store:
             raise DatabaseError(f"{self.path}: cannot write in directory {self.path.parent}")
         conn = self._connect()
         try:
-            # Read before writing: a bad or newer file must be left byte-identical.
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if existed and migrations.is_newer(conn):
-                raise DatabaseError(
-                    f"{self.path}: the database was written by a newer flowdeck "
-                    f"(schema {conn.execute('PRAGMA user_version').fetchone()[0]}, "
-                    f"this one knows {len(migrations.MIGRATIONS)}); upgrade flowdeck"
-                )
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            migrations.migrate(conn)
+            # Processes opening a new file at once: switching it to WAL can answer "locked" at
+            # once, without the busy timeout (SQLite does not wait where waiting could deadlock).
+            # Each step is safe to repeat, so it is, until the busy timeout is spent.
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    self._prepare(conn, existed)
+                    break
+                except sqlite3.OperationalError as e:
+                    if not _is_busy(e) or time.monotonic() > deadline:
+                        raise
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    time.sleep(0.02)
         except sqlite3.Error as e:
             conn.close()
             raise DatabaseError(_describe(e, self.path)) from None
@@ -273,6 +279,21 @@ class Store:
             conn.close()
             raise
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection, existed: bool) -> None:
+        """Check the file, switch it to WAL, migrate it."""
+        # Read before writing: a bad or newer file must be left byte-identical.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if existed and migrations.is_newer(conn):
+            raise DatabaseError(
+                f"{self.path}: the database was written by a newer flowdeck "
+                f"(schema {conn.execute('PRAGMA user_version').fetchone()[0]}, "
+                f"this one knows {len(migrations.MIGRATIONS)}); upgrade flowdeck"
+            )
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        migrations.migrate(conn)
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close every connection."""
