@@ -1,17 +1,12 @@
-"""The SQLite store: one file, WAL, one writer thread with group commit, readers per thread.
+"""The SQLite store: one file, WAL, group commit, readers per thread.
 
-Writes never run on the event loop. Callers enqueue statements (`execute`, fire and forget) or
-functions (`call`, with a result); the writer thread drains whatever is queued, runs it in one
-transaction (`db.atomic()`), commits, then resolves the waiting futures. Everything runs in
-queue order (consecutive statements with the same SQL go to one `executemany`), so the result is
-the same as running the queue one statement at a time.
-
-The engine's hot writes (events, step rows, attempt rows: several per step) are `Rows`: rows
-of one declared statement that commute with the rows of every other `Rows`. Between two other
-queue items the writer gathers them per statement, keeps only the last row per key where a
-statement has one, and writes each group as a few multi-row statements. That keeps the writer's
-Python (and its hold on the GIL, which the event loop needs) to a few calls per batch instead
-of one per row, and lets SQLite's own work run beside the loop.
+Writes never run on the event loop. Callers enqueue statements (`execute`, `put`: fire and
+forget) or functions (`call`, with a result). Statements and rows go to the store's writer
+process (`engine/writer.py`), which commits whatever has arrived as one transaction beside the
+loop; a function is a gate in that stream: the process commits everything before it and waits
+while the writer thread runs the function on its own connection and commits. So everything runs
+in queue order, as if one statement at a time. Without the process (`bulk_process=False`, or
+if it cannot start or dies) the writer thread writes everything itself, in the same order.
 
 Reads use one connection per thread (`reader()`); `aread()` runs a read in a worker thread.
 
@@ -168,8 +163,6 @@ class Store:
         self._closed = False
         self.failure: BaseException | None = None
         """The last error of a fire-and-forget batch, if any (the engine checks it)."""
-        self.commits = 0
-        """Transactions committed by the writer thread and process (for benchmarks)."""
         self.bulk_process = bulk_process
         """Whether statements and rows go to a writer process (see `engine/writer.py`); if it
         cannot start, or without it (`FLOWDECK_WRITER=thread`), the writer thread writes them."""
@@ -187,10 +180,16 @@ class Store:
         """A call, barrier or stop was queued since the last send."""
         self._rows: dict[str, Rows] = {}
         """The `Rows` queued so far, by name (items carry the name)."""
-        self._commits = [0, 0]  # [thread, process]
+        self._commits = [0, 0]
+        """Transactions committed by the writer thread and by the writer process."""
         self._open_key: str | None = None
         self._db: sqlite_utils.Database | None = None
         """The writer's connection as a `Database`, made for the first `call` that wants one."""
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed by the writer thread and process (for benchmarks)."""
+        return sum(self._commits)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -524,7 +523,6 @@ class Store:
                     results = self._run_items(conn, [item])
                 else:
                     results = [(item[3], None, None)] if item[3] is not None else []
-                self.commits = sum(self._commits)
                 with self._send_lock:
                     self._write_child(writer.encode([(_OPEN_GATE, n, None, None)]))
                 self._resolve(results)
@@ -584,7 +582,6 @@ class Store:
 
         commits, results = writer.process(conn, batch, other, failed, self._rows)
         self._commits[0] += commits
-        self.commits = sum(self._commits)
         done += [(item[3], value, exc) for item, value, exc in results if item[3] is not None]
         return done
 

@@ -92,18 +92,22 @@ def flow(name: str, value: str) -> WorkflowSpec:
     return wf(name, {"first": py("echo", value=value), "second": py("echo", ["first"])})
 
 
+async def finished_runs(store, *specs: WorkflowSpec) -> list:
+    """Run each workflow to its end with a real engine on `store`."""
+    engine = Engine(store, max_concurrency=4)
+    await engine.start()
+    try:
+        return [await engine.run(spec) for spec in specs]
+    finally:
+        await engine.aclose()
+
+
 def header_line(app: FlowdeckApp) -> str:
     return screen_text(app).splitlines()[1]
 
 
 async def test_opening_an_unread_run_pushes_the_screen_holding_it(store, console_store):
-    engine = Engine(store, max_concurrency=4)
-    await engine.start()
-    try:
-        first = await engine.run(flow("alpha", "one"))
-        second = await engine.run(flow("beta", "two"))
-    finally:
-        await engine.aclose()
+    first, second = await finished_runs(store, flow("alpha", "one"), flow("beta", "two"))
     app = FlowdeckApp(console_store, analytics=None)
     async with app.run_test(size=(140, 40)) as pilot:
         table = app.query_one(RunsTable)
@@ -146,12 +150,7 @@ async def test_opening_an_unread_run_pushes_the_screen_holding_it(store, console
 
 
 async def test_esc_while_a_run_is_being_opened_stays_on_the_overview(store, console_store):
-    engine = Engine(store, max_concurrency=4)
-    await engine.start()
-    try:
-        run = await engine.run(flow("alpha", "one"))
-    finally:
-        await engine.aclose()
+    (run,) = await finished_runs(store, flow("alpha", "one"))
     app = FlowdeckApp(console_store, analytics=None)
     async with app.run_test(size=(140, 40)) as pilot:
         table = app.query_one(RunsTable)
@@ -169,12 +168,7 @@ async def test_esc_while_a_run_is_being_opened_stays_on_the_overview(store, cons
 
 
 async def test_a_theme_change_while_the_run_screen_is_hidden_reaches_it(store, console_store):
-    engine = Engine(store, max_concurrency=4)
-    await engine.start()
-    try:
-        run = await engine.run(flow("alpha", "one"))
-    finally:
-        await engine.aclose()
+    (run,) = await finished_runs(store, flow("alpha", "one"))
     app = FlowdeckApp(console_store, analytics=None)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, lambda: app.query_one(RunsTable).row_count == 1, what="listed")
@@ -320,12 +314,7 @@ def test_an_answer_does_not_wait_behind_analytics(db_path):
 
 
 async def test_the_run_screen_is_mounted_before_the_first_run_is_opened(store, console_store):
-    engine = Engine(store, max_concurrency=4)
-    await engine.start()
-    try:
-        run = await engine.run(flow("alpha", "one"))
-    finally:
-        await engine.aclose()
+    (run,) = await finished_runs(store, flow("alpha", "one"))
     app = FlowdeckApp(console_store, analytics=None)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, lambda: app.redraws > 0, what="first snapshot drawn")
