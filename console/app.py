@@ -144,6 +144,8 @@ class FlowdeckApp(App[None]):
         """Seconds between two full collections of the garbage collector."""
         self._gc_threshold: tuple[int, int, int] | None = None
         self._gc_due = float("inf")
+        self.run_screen_warm = False
+        """The run screen has been laid out and drawn once off screen (`_warm_run_screen`)."""
         self.theme = self.config.theme
         self.set_keymap(self.config.keymap)
 
@@ -265,6 +267,8 @@ class FlowdeckApp(App[None]):
             except NoMatches:  # the app is closing and the screen lost its widgets
                 pass
         self.drawn_at = time.monotonic()
+        if not self.run_screen_warm and snapshot.run is not None:
+            self.call_after_refresh(self._warm_run_screen)
 
     def on_feed_failed(self, message: FeedFailed) -> None:
         if message.error != self._feed_error:
@@ -346,6 +350,31 @@ class FlowdeckApp(App[None]):
         screen = RunScreen("")
         self.install_screen(screen, "run")
         register(self, screen)
+
+    def _warm_run_screen(self) -> None:
+        """Lay out and draw the mounted run screen once off screen, holding the run under the
+        cursor, while no keystroke is being answered. A screen's first layout and paint cost
+        three times a later one (styles resolved, scrollbars made, every line rendered the
+        first time): done here, the first run opened costs what the next ones do. Nothing is
+        shown: the screen is not the current one, and what it draws is thrown away."""
+        snap = self.snapshot
+        if (
+            self.run_screen_warm
+            or snap is None
+            or snap.run is None
+            or not self.is_running
+            or not self.is_screen_installed("run")
+        ):
+            return
+        screen = self.get_screen("run")
+        assert isinstance(screen, RunScreen)
+        if not screen.ready or screen.is_current or screen in self.screen_stack:
+            return
+        if time.monotonic() - self._key_at < self.key_quiet:
+            self.set_timer(self.key_quiet, self._warm_run_screen)  # a key first
+            return
+        self.run_screen_warm = True
+        screen.warm(snap, self.size)
 
     def _push_run(self, run_id: str, snap: Snapshot | None) -> None:
         if not self.is_screen_installed("run"):

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import replace
 
+import pytest
 from textual.app import App, ComposeResult
 from textual.geometry import Region
 
@@ -30,6 +31,7 @@ from tests.helpers.console import screen_text, wait_for
 from widgets.dag_view import DagView
 from widgets.run_header import RunHeader
 from widgets.runs_table import RunsTable
+from widgets.step_detail import StepDetail
 
 NOW = data.NOW
 H = "tests.helpers.console"
@@ -345,3 +347,49 @@ async def test_full_collections_run_between_keystrokes_and_thresholds_come_back(
             pilot, lambda: gc.get_stats()[2]["collections"] > full, what="a full collection"
         )
     assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize("size", [(80, 24), (140, 40)])
+async def test_the_run_screen_is_laid_out_off_screen_before_the_first_open(
+    store, console_store, size
+):
+    """While idle, the mounted run screen is styled, laid out and drawn once holding the run
+    under the cursor, without being shown; the first open then restyles nothing and draws
+    the run opened (the one warmed with, or another) in the layout of the terminal's size."""
+    first, second = await finished_runs(store, flow("alpha", "one"), flow("beta", "two"))
+    app = FlowdeckApp(console_store, analytics=None)
+    async with app.run_test(size=size) as pilot:
+        table = app.query_one(RunsTable)
+        await wait_for(pilot, lambda: table.row_count == 2, what="runs listed")
+        await wait_for(pilot, lambda: app.run_screen_warm, what="run screen warmed")
+        screen = app.get_screen("run")
+        assert isinstance(screen, RunScreen)
+        assert not isinstance(app.screen, RunScreen) and len(app.screen_stack) == 1  # not shown
+        dag = screen.query_one(DagView)
+        assert dag.size.width > 0 and dag.size.height > 0  # laid out at the app's size
+        assert screen.size == app.size
+        warmed = screen.view.run.id
+        assert warmed == table.current_key  # the run under the cursor
+        assert dag.step_node("second").status == "succeeded"
+
+        restyled: list[object] = []
+        update_styles = screen.update_node_styles
+
+        def recording(*a, **kw):
+            restyled.append(a)
+            return update_styles(*a, **kw)
+
+        screen.update_node_styles = recording
+        other = next(r.run_id for r in (first, second) if r.run_id != warmed)
+        app.open_run(other)
+        await wait_for(pilot, lambda: app.screen is screen, what="run screen")
+        await pilot.pause()
+        assert restyled == []  # styled while idle, not on the keystroke
+        line = header_line(app)
+        assert other in line and warmed not in line
+        assert screen.view.run.id == other and dag._run_id == other
+        detail = screen.query_one(StepDetail)
+        if size[0] < 100:  # narrow: the details under the graph
+            assert detail.region.y >= dag.region.bottom
+        else:
+            assert detail.region.x >= dag.region.right

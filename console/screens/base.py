@@ -83,12 +83,16 @@ class FlowdeckScreen(Screen):
         # widgets whose data changed. Its styles change only with the CSS (theme), the size
         # or the terminal's focus, so the restyle is skipped while those stay the same.
         # (This handler runs before Screen's own, which reads `refresh_styles`.)
-        app = self.app
-        key = (app.theme, getattr(app, "_css_update_count", object()), app.size, app.app_focus)
+        key = self.style_key()
         if key == self._styled_for:
             event.refresh_styles = False
         self._styled_for = key
         self.fd_app.screen_shown(self)
+
+    def style_key(self) -> tuple:
+        """What the screen's styles depend on besides its own state (see `on_screen_resume`)."""
+        app = self.app
+        return (app.theme, getattr(app, "_css_update_count", object()), app.size, app.app_focus)
 
     @property
     def main_widget(self) -> Widget | None:

@@ -12,6 +12,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.geometry import Size
 from textual.widget import Widget
 
 from console.screens.base import FlowdeckScreen
@@ -80,6 +81,22 @@ class RunScreen(FlowdeckScreen):
     @property
     def main_widget(self) -> Widget:
         return self.query_one(DagView)
+
+    def warm(self, snapshot: Snapshot, size: Size) -> None:
+        """Show the snapshot's run, then resolve styles, lay out and render every widget while
+        the screen is not on show (see `FlowdeckApp._warm_run_screen`): the first push then
+        finds its styles current, its layout done and its widgets' lines drawn."""
+        assert snapshot.run is not None
+        self.set_run(snapshot.run.run.id, loading=False)
+        self.show(snapshot)
+        self.update_node_styles(animate=False)
+        self._styled_for = self.style_key()
+        for _ in range(3):  # again while it asks for one (scrollbars shown by the first)
+            self._layout_required = False
+            self._refresh_layout(size)
+            if not self._layout_required:
+                break
+        self._compositor.render_update(full=True)
 
     def on_mount(self) -> None:
         self.query_one(DagView).focus()
