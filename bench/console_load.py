@@ -12,7 +12,9 @@ file, for `--seconds`, and meanwhile measures:
     the cursor is put on a random row of the first ten first, and that move's own repaint is
     let happen before `enter` is pressed (it is not part of `enter`'s answer);
   * approve: `a` on the oldest pending review until it is gone from the screen (a
-    compare-and-set write, then a read); pending reviews are added by the benchmark;
+    compare-and-set write, then a read); pending reviews are added by the benchmark; the
+    focus is moved to the review queue first and that move's repaint let happen, as for
+    the cursor move before `enter`;
 - CPU share of this process (console + harness) and of the engine process, per core.
 
 Part 2, first paint: a database with `--runs` runs (default 100,000; 4 steps each, 10 events
@@ -209,8 +211,15 @@ async def live_load(args: argparse.Namespace, tmp: Path) -> dict:
                 # approve the oldest pending review from the overview panel
                 if len(approve_lat) < args.keys:
                     panel = app.screen.query_one(ReviewPanel)
+                    before = paints[0]
                     panel.table.focus()
                     await wait_until(lambda panel=panel: app.focused is panel.table)
+                    # The harness moved the focus (a keystroke of its own, `tab` for a
+                    # person): its repaint happens before `a`, as for the cursor move.
+                    try:
+                        await wait_until(lambda before=before: paints[0] > before, 0.2)
+                    except TimeoutError:
+                        pass
                     oldest = panel.selected
                     if oldest is not None:
 

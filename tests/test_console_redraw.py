@@ -4,7 +4,9 @@ The DAG view refreshes only the rows whose text or colour changed; opening a run
 not read yet reads it and pushes the run screen holding it (never a "loading" screen first);
 the reused run screen shows the second run opened, not the first; skipping the restyle of a
 screen that is shown again still follows a theme change; a live snapshot waits behind a
-keystroke while the answer to an action does not, and that answer holds the action's effect.
+keystroke while the answer to an action does not, and that answer holds the action's effect;
+the run screen is laid out and drawn off screen before the first open; a focus move repaints
+the panels it touches, not the whole screen.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from engine.views import Snapshot
 from tests.helpers import console_data as data
 from tests.helpers.console import screen_text, wait_for
 from widgets.dag_view import DagView
+from widgets.review_panel import ReviewPanel
 from widgets.run_header import RunHeader
 from widgets.runs_table import RunsTable
 from widgets.step_detail import StepDetail
@@ -393,3 +396,41 @@ async def test_the_run_screen_is_laid_out_off_screen_before_the_first_open(
             assert detail.region.y >= dag.region.bottom
         else:
             assert detail.region.x >= dag.region.right
+
+
+async def test_a_focus_move_repaints_the_panels_it_touches_not_the_whole_screen(
+    store, console_store
+):
+    """Moving the focus between the runs and the pending reviews repaints the two panels
+    (border colour, cursor colour) and nothing else; Textual's screen would repaint all of
+    itself, a full paint for every `tab`."""
+    await finished_runs(store, flow("alpha", "one"))
+    store.run_sync(
+        lambda db: db.execute(
+            "INSERT INTO reviews(run_id, step_id, status, created_at, params, reason) "
+            "VALUES ('r1', 'gate', 'pending', 1000, '{}', 'test')"
+        )
+    )
+    app = FlowdeckApp(console_store, analytics=None)
+    async with app.run_test(size=(140, 40)) as pilot:
+        screen = app.screen
+        runs = screen.query_one(RunsTable)
+        reviews = screen.query_one(ReviewPanel).table
+        await wait_for(pilot, lambda: runs.row_count == 1 and reviews.row_count == 1, what="data")
+        await pilot.pause()
+        assert app.focused is runs
+        runs_panel, reviews_panel = (
+            screen.query_one("#runs-panel"),
+            screen.query_one("#reviews-panel"),
+        )
+        before = (runs_panel.styles.border_top, reviews_panel.styles.border_top)
+        screen_calls = record_refreshes(screen)
+        panel_calls = record_refreshes(reviews_panel)
+        reviews.focus()
+        await wait_for(pilot, lambda: app.focused is reviews, what="focus moved")
+        await pilot.pause()
+        assert screen_calls == []  # the screen as a whole was not repainted
+        assert panel_calls  # the panel taking the focus was (its border colour)
+        after = (runs_panel.styles.border_top, reviews_panel.styles.border_top)
+        assert after[0] != before[0] and after[1] != before[1]  # borders swapped colours
+        assert after[1] == before[0]

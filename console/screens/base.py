@@ -9,6 +9,7 @@ from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.reactive import Reactive
 from textual.screen import Screen
 from textual.widget import Widget
 
@@ -49,6 +50,11 @@ class FlowdeckScreen(Screen):
     ]
 
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-normal"), (160, "-wide")]
+
+    focused: Reactive[Widget | None] = Reactive(None, repaint=False)
+    """The focused widget. Textual's screen repaints all of itself when it changes (a focus
+    move then costs a full paint, 40-60 ms on a busy overview); the widgets whose look
+    depends on the focus repaint themselves (their styles change), so here it does not."""
 
     @property
     def fd_app(self) -> FlowdeckApp:
