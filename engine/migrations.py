@@ -299,22 +299,29 @@ def _analytics(conn: sqlite3.Connection) -> None:
         FROM attempt_rollup WHERE grain = 'h' GROUP BY 1
         """,
     )
-    conn.execute(
-        "CREATE TRIGGER attempts_rollup_insert AFTER INSERT ON attempts "
-        f"WHEN NEW.status <> 'running' {_rollup_apply('NEW', '+')}"
-    )
-    conn.execute(
-        "CREATE TRIGGER attempts_rollup_delete AFTER DELETE ON attempts "
-        f"WHEN OLD.status <> 'running' {_rollup_apply('OLD', '-')}"
-    )
-    conn.execute(
-        "CREATE TRIGGER attempts_rollup_update_old AFTER UPDATE ON attempts "
-        f"WHEN OLD.status <> 'running' AND ({_ROLLUP_CHANGED}) {_rollup_apply('OLD', '-')}"
-    )
-    conn.execute(
-        "CREATE TRIGGER attempts_rollup_update_new AFTER UPDATE ON attempts "
-        f"WHEN NEW.status <> 'running' AND ({_ROLLUP_CHANGED}) {_rollup_apply('NEW', '+')}"
-    )
+    for sql in _rollup_triggers():
+        conn.execute(sql)
+
+
+def _rollup_triggers(bulk: bool = False) -> list[str]:
+    """The rollup's triggers; with `bulk`, rows written by a bulk write skip them (see 0008)."""
+    when = {
+        "insert": "NEW.status <> 'running'",
+        "delete": "OLD.status <> 'running'",
+        "update_old": f"OLD.status <> 'running' AND ({_ROLLUP_CHANGED})",
+        "update_new": f"NEW.status <> 'running' AND ({_ROLLUP_CHANGED})",
+    }
+    return [
+        f"CREATE TRIGGER attempts_rollup_{name} AFTER {_EVENT[name]} ON attempts "
+        f"WHEN {cond}{_not_bulk(_ROW[name]) if bulk else ''} "
+        f"{_rollup_apply(_ROW[name], _SIGN[name])}"
+        for name, cond in when.items()
+    ]
+
+
+_EVENT = {"insert": "INSERT", "delete": "DELETE", "update_old": "UPDATE", "update_new": "UPDATE"}
+_ROW = {"insert": "NEW", "delete": "OLD", "update_old": "OLD", "update_new": "NEW"}
+_SIGN = {"insert": "+", "delete": "-", "update_old": "-", "update_new": "+"}
 
 
 def _undo_entries(conn: sqlite3.Connection) -> None:
@@ -361,6 +368,13 @@ def _latency_hist(conn: sqlite3.Connection) -> None:
         "AND duration_ms IS NOT NULL GROUP BY 1, 2"
     )
 
+    for sql in _latency_triggers():
+        conn.execute(sql)
+
+
+def _latency_triggers(bulk: bool = False) -> list[str]:
+    """The latency histogram's triggers; with `bulk`, see 0008."""
+
     def timed(row: str) -> str:
         return f"{row}.status IN ('succeeded', 'failed') AND {row}.duration_ms IS NOT NULL"
 
@@ -378,16 +392,18 @@ def _latency_hist(conn: sqlite3.Connection) -> None:
         "(OLD.agent IS NOT NEW.agent OR OLD.status IS NOT NEW.status "
         "OR OLD.duration_ms IS NOT NEW.duration_ms)"
     )
-    for name, event, when, row, sign in (
-        ("insert", "INSERT", timed("NEW"), "NEW", "+"),
-        ("delete", "DELETE", timed("OLD"), "OLD", "-"),
-        ("update_old", "UPDATE", f"{timed('OLD')} AND {changed}", "OLD", "-"),
-        ("update_new", "UPDATE", f"{timed('NEW')} AND {changed}", "NEW", "+"),
-    ):
-        conn.execute(
-            f"CREATE TRIGGER attempts_latency_{name} AFTER {event} ON attempts "
-            f"WHEN {when} {apply(row, sign)}"
-        )
+    when = {
+        "insert": timed("NEW"),
+        "delete": timed("OLD"),
+        "update_old": f"{timed('OLD')} AND {changed}",
+        "update_new": f"{timed('NEW')} AND {changed}",
+    }
+    return [
+        f"CREATE TRIGGER attempts_latency_{name} AFTER {_EVENT[name]} ON attempts "
+        f"WHEN {cond}{_not_bulk(_ROW[name]) if bulk else ''} "
+        f"{apply(_ROW[name], _SIGN[name])}"
+        for name, cond in when.items()
+    ]
 
 
 def _reviews(conn: sqlite3.Connection) -> None:
@@ -441,6 +457,69 @@ def _list_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
+# Bulk attempts (0008). The runner's attempt rows reach the writer in batches (`ATTEMPT_ROWS` in
+# engine/runner.py). Five upserts per row by the triggers cost twice the rows' own writing, so a
+# batch is written as a bulk: BULK_BEFORE records the highest attempt id in `attempt_bulk`, the
+# triggers skip rows above it, and BULK_AFTER adds those rows' final values to the rollups with
+# one aggregated upsert per table, then clears the mark. All in the batch's transaction: no other
+# connection ever sees the mark (readers see commits; writers wait for the lock), and a rolled
+# back batch takes it back. Rows inserted and updated within one batch count once, as they end;
+# rows older than the batch keep their triggers. Same sums as the triggers, fewer statements.
+_BULK_FLOOR = "(SELECT floor FROM attempt_bulk)"
+
+
+def _not_bulk(row: str) -> str:
+    return f" AND NOT EXISTS (SELECT 1 FROM attempt_bulk WHERE {row}.id > floor)"
+
+
+_ROLLUP_UPSERT = (
+    "ON CONFLICT DO UPDATE SET n = n + excluded.n, timed = timed + excluded.timed, "
+    "sum_ms = sum_ms + excluded.sum_ms, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens"
+)
+BULK_BEFORE = (
+    "INSERT OR REPLACE INTO attempt_bulk VALUES (1, (SELECT coalesce(max(id), 0) FROM attempts))",
+)
+"""Statements run before a batch of attempt rows (in its transaction)."""
+BULK_AFTER = (
+    *(
+        f"INSERT INTO attempt_rollup SELECT '{grain}', {bucket}, coalesce(agent, ''), "
+        "coalesce(operation, ''), status, coalesce(error_class, ''), number > 1, count(*), "
+        "count(duration_ms), total(duration_ms), coalesce(sum(prompt_tokens), 0), "
+        "coalesce(sum(completion_tokens), 0) "
+        f"FROM attempts WHERE id > {_BULK_FLOOR} AND status <> 'running' "
+        f"GROUP BY 2, 3, 4, 5, 6, 7 {_ROLLUP_UPSERT}"
+        for grain, bucket in (
+            ("h", "CAST(started_at / 3600 AS INTEGER)"),
+            ("d", "CAST(started_at / 3600 AS INTEGER) / 24"),
+            ("t", "0"),
+        )
+    ),
+    "INSERT INTO attempt_hours SELECT CAST(started_at / 3600 AS INTEGER), "
+    "sum(status IN ('succeeded', 'failed')), sum(status = 'failed') "
+    f"FROM attempts WHERE id > {_BULK_FLOOR} AND status <> 'running' GROUP BY 1 "
+    "ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, failed = failed + excluded.failed",
+    f"INSERT INTO latency_hist SELECT coalesce(agent, ''), {_latency_bucket('duration_ms')}, "
+    f"count(*) FROM attempts WHERE id > {_BULK_FLOOR} AND status IN ('succeeded', 'failed') "
+    "AND duration_ms IS NOT NULL GROUP BY 1, 2 ON CONFLICT DO UPDATE SET n = n + excluded.n",
+    "DELETE FROM attempt_bulk",
+)
+"""Statements run after a batch of attempt rows: the rollups of the rows it wrote."""
+
+
+def _bulk_attempts(conn: sqlite3.Connection) -> None:
+    """`attempt_bulk` and the rollup and latency triggers skipping rows of a bulk write."""
+    conn.execute(
+        "CREATE TABLE attempt_bulk (one INTEGER PRIMARY KEY CHECK (one = 1), "
+        "floor INTEGER NOT NULL)"
+    )
+    for name in _EVENT:
+        conn.execute(f"DROP TRIGGER attempts_rollup_{name}")
+        conn.execute(f"DROP TRIGGER attempts_latency_{name}")
+    for sql in (*_rollup_triggers(bulk=True), *_latency_triggers(bulk=True)):
+        conn.execute(sql)
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_core", _core),
     ("0002_analytics", _analytics),
@@ -449,6 +528,7 @@ MIGRATIONS: list[Migration] = [
     ("0005_reviews", _reviews),
     ("0006_breakers_retry_at", _breakers_retry_at),
     ("0007_list_indexes", _list_indexes),
+    ("0008_bulk_attempts", _bulk_attempts),
 ]
 """Every migration in order. Append only."""
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine import dag, recovery
+from engine import dag, migrations, recovery
 from engine.agents import Agent, AgentResources, StepCall, create
 from engine.breaker import Breaker, Breakers
 from engine.deadlines import Deadlines
@@ -77,8 +77,11 @@ ATTEMPT_ROWS = Rows(
     "next_retry_at=excluded.next_retry_at, prompt_tokens=excluded.prompt_tokens, "
     "completion_tokens=excluded.completion_tokens, "
     "operation=coalesce(excluded.operation, operation)",
+    before=migrations.BULK_BEFORE,
+    after=migrations.BULK_AFTER,
 )
-"""An attempt row, inserted or updated (a durable start first writes it `running`)."""
+"""An attempt row, inserted or updated (a durable start first writes it `running`); a batch
+of them updates the analytics rollups once (engine/migrations.py, 0008)."""
 CANCEL_UNSTARTED_RUN = (
     "UPDATE runs SET status='cancelled', ended_at=?, error='cancelled before it started' "
     "WHERE id=? AND status='pending'"

@@ -446,6 +446,7 @@ class Store:
         fut.result()
 
     def _writer(self, ready: concurrent.futures.Future[None]) -> None:
+        writer.bind_nulls_fast()
         try:
             conn = self._open_writer()
         except BaseException as e:

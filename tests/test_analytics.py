@@ -25,6 +25,7 @@ ATTEMPT_UPSERT = ATTEMPT_ROWS.statement(1)
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 HOUR = 3600.0
+DAY_S = 86400
 DAY = 86400.0
 
 ATTEMPT_SQL = (
@@ -500,6 +501,61 @@ def test_rollup_follows_the_runner_upsert_and_deletes(store: Store) -> None:
     store.run_sync(lambda db: db.execute("DELETE FROM attempts"))
     assert store.query("SELECT count(*) AS n FROM attempt_rollup")[0]["n"] == 0
     assert store.query("SELECT count(*) AS n FROM attempt_hours")[0]["n"] == 0
+
+
+@pytest.mark.parametrize("bulk_process", [True, False], ids=["writer-process", "writer-thread"])
+def test_rollup_exact_for_batched_attempt_rows(db_path: Path, bulk_process: bool) -> None:
+    """Attempt rows written in batches (the runner's path: one aggregated upsert per batch,
+    triggers skipped for the batch's own rows) keep the rollups exactly what the triggers would:
+    rows inserted and updated in one batch, rows from earlier batches updated, durable starts
+    (`running`) finished later, and changes by plain SQL between batches (the triggers' path)."""
+    import random
+
+    rnd = random.Random(8)
+    store = Store.open(db_path, bulk_process=bulk_process)
+    try:
+        written: dict[tuple, tuple] = {}
+        for round_ in range(40):
+            for _ in range(rnd.randrange(0, 30)):
+                key = (f"r{rnd.randrange(3)}", f"s{rnd.randrange(8)}", rnd.randrange(1, 4))
+                t = written.get(key, (None,) * 7)[6] or NOW - rnd.randrange(0, 4 * DAY_S)
+                ms = rnd.choice([None, 0.4, 12.5, 150.0, 2600.0])
+                status = rnd.choice(["running", "succeeded", "failed", "cancelled"])
+                row = (
+                    *key, rnd.choice(["a", "b", None]), rnd.choice(["op", "op2", None]), status,
+                    t, None if ms is None else t + ms / 1000, ms,
+                    "timeout" if status == "failed" else None,
+                    "timed out" if status == "failed" else None,
+                    rnd.choice([None, t + 5]), rnd.choice([None, 7]), rnd.choice([None, 3]),
+                )  # fmt: skip
+                written[key] = row
+                store.put(ATTEMPT_ROWS, row)
+            if round_ % 7 == 3:
+                store.execute("UPDATE attempts SET started_at = started_at - 3600 WHERE number = 2")
+            if round_ % 11 == 5:
+                store.execute("DELETE FROM attempts WHERE step_id = ?", (f"s{rnd.randrange(8)}",))
+            store.flush_sync()
+            assert_rollup_exact(store)
+        assert store.query("SELECT count(*) AS n FROM attempt_bulk")[0]["n"] == 0
+        assert store.query("SELECT count(*) AS n FROM attempts")[0]["n"] > 20
+    finally:
+        store.close()
+
+
+def test_bulk_mark_never_outlives_its_batch(store: Store) -> None:
+    """Rows written by plain SQL after a batch go through the triggers again (the batch's mark
+    is gone), and a batch that fails takes its mark back with it."""
+    store.put(ATTEMPT_ROWS, ("r", "s", 1, "a", "op", "succeeded", NOW, NOW + 1, 1000.0,
+                             None, None, None, None, None))  # fmt: skip
+    store.flush_sync()
+    store.run_sync(
+        lambda db: db.execute(ATTEMPT_UPSERT, ("r", "s", 2, "a", "op", "failed", NOW, NOW + 1,
+                                               5.0, "http", "x", None, None, None))
+    )  # fmt: skip
+    assert_rollup_exact(store)
+    assert store.query("SELECT count(*) AS n FROM attempt_bulk")[0]["n"] == 0
+    total = "SELECT sum(n) AS n FROM attempt_rollup WHERE grain = 't'"
+    assert store.query(total)[0]["n"] == 2
 
 
 def test_migration_backfills_the_rollup(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
