@@ -46,9 +46,15 @@ class Deadline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.leave(exc)
+
+    def leave(self, exc: BaseException | None = None) -> None:
+        """End the deadline as leaving `async with` does (with the exception raised inside, if
+        any): raises TimeoutError if it expired and cancelled the task. For callers that avoid
+        the two coroutines of `async with` on a hot path."""
         self.active = False
         if self.expired:
-            if self.task.uncancel() <= self.cancelling and exc_type is asyncio.CancelledError:
+            if self.task.uncancel() <= self.cancelling and type(exc) is asyncio.CancelledError:
                 raise TimeoutError from exc
         else:
             self.owner._ended()

@@ -1,8 +1,8 @@
 """Retry policy -> tenacity, error classification, retry budgets. The only module that imports
 tenacity.
 
-The first attempt runs directly (no tenacity objects are built when nothing fails, which keeps
-the hot path cheap); after a failure worth retrying, tenacity drives the remaining attempts with
+The first attempt runs directly (tenacity is not even imported until something fails, which
+keeps start-up and the hot path cheap); after a failure worth retrying, tenacity drives the remaining attempts with
 the policy's wait shape, and `on_retry` is told the attempt number and the wait before each one.
 
 Which errors are worth another attempt (`should_retry`):
@@ -24,21 +24,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_fixed,
-    wait_none,
-    wait_random_exponential,
-)
+from typing import TYPE_CHECKING, TypeVar
 
 from engine.errors import ErrorClass, StepError
 from engine.models import RetryBudgetSpec, RetryPolicy
+
+if TYPE_CHECKING:  # tenacity is imported when a retry is first needed (not at start-up)
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 
@@ -73,6 +65,8 @@ def should_retry(policy: RetryPolicy, error: BaseException) -> bool:
 
 
 def _wait(policy: RetryPolicy):
+    from tenacity import wait_exponential, wait_fixed, wait_none, wait_random_exponential
+
     if policy.backoff in ("immediate", "none"):
         return wait_none()
     if policy.backoff == "fixed":
@@ -133,6 +127,8 @@ async def run_with_retries(
 
     async def _sleep(seconds: float) -> None:
         await sleep(seconds)
+
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
     # Attempt 1 already happened: tenacity's first "attempt" replays its error so the
     # wait before attempt 2 follows the same shape as every other wait.

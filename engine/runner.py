@@ -190,9 +190,10 @@ def _dumps(value: Any) -> str:
 
 
 class Executor(Protocol):
-    """Where a step attempt runs. Local today; a distributed executor implements the same call."""
+    """Where a step attempt runs. Local today; a distributed executor implements the same call
+    (an `async def` will do: `execute` returns something to await for the output)."""
 
-    async def execute(self, agent: Agent, call: StepCall) -> Any: ...
+    def execute(self, agent: Agent, call: StepCall) -> Awaitable[Any]: ...
 
 
 class StepHook:
@@ -233,8 +234,8 @@ class SkipAction(Exception):
 class LocalExecutor:
     """Runs the agent in this process (sync agents move themselves to a thread)."""
 
-    async def execute(self, agent: Agent, call: StepCall) -> Any:
-        return await agent.call(call)
+    def execute(self, agent: Agent, call: StepCall) -> Awaitable[Any]:
+        return agent.call(call)  # the agent's coroutine itself: no wrapper on the hot path
 
 
 @dataclass(slots=True, eq=False)
@@ -629,8 +630,13 @@ class RunExecution:
                      None, None, None, None, None, None),
                 )  # fmt: skip
                 await self.store.flush()
-            async with self.engine.deadlines.after(st.timeout):
+            deadline = self.engine.deadlines.after(st.timeout)  # `async with`, unrolled
+            try:
                 output = await self.engine.executor.execute(ctx.agent, call)
+            except BaseException as e:
+                deadline.leave(e)
+                raise
+            deadline.leave()
             encoded = _dumps(output)
         except TimeoutError:
             error = StepError(
@@ -981,9 +987,9 @@ class Engine:
         inputs = dict(inputs or {})
         await self._refresh_breakers()
         run_id = new_run_id()
-        run = RunExecution(self, run_id, spec, inputs)
+        plan = plan_for(spec)
         now = self.clock()
-        spec_json = run.plan.spec_json
+        spec_json = plan.spec_json
 
         def create_rows(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -995,10 +1001,11 @@ class Engine:
             conn.executemany(
                 "INSERT INTO steps(run_id, step_id, agent, kind, status, priority, depth, needs, "
                 "destructive, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(run_id, *row) for row in run.plan.step_rows],
+                [(run_id, *row) for row in plan.step_rows],
             )
 
         created = self.store.call(create_rows, raw=True)
+        run = RunExecution(self, run_id, spec, inputs)  # while the writer inserts the rows
         try:
             await asyncio.wrap_future(created)
         except asyncio.CancelledError:

@@ -261,12 +261,13 @@ def test_only_the_named_commands_module_is_loaded():
 
 
 def test_run_reaches_its_first_step_without_sqlite_utils_or_rich(cli, tmp_path):
-    """Start-up: sqlite-utils and rich (a third of `flowdeck run`'s start-up) are not imported
-    before the first step. The step is async, so it runs on the loop at the moment it starts."""
+    """Start-up: sqlite-utils and rich (a third of `flowdeck run`'s start-up), and tenacity
+    (needed once an attempt fails) are not imported before the first step. The step is async,
+    so it runs on the loop at the moment it starts."""
     (tmp_path / "probe_mods.py").write_text(
         "import sys\n"
         "async def probe(path):\n"
-        "    heavy = [m for m in ('sqlite_utils', 'rich', 'click') if m in sys.modules]\n"
+        "    heavy = [m for m in ('sqlite_utils', 'rich', 'click', 'tenacity') if m in sys.modules]\n"
         "    open(path, 'w').write(' '.join(heavy) or '-')\n"
         "    return {}\n"
     )
