@@ -6,7 +6,8 @@ the reused run screen shows the second run opened, not the first; skipping the r
 screen that is shown again still follows a theme change; a live snapshot waits behind a
 keystroke while the answer to an action does not, and that answer holds the action's effect;
 the run screen is laid out and drawn off screen before the first open; a focus move repaints
-the panels it touches, not the whole screen.
+the panels it touches, not the whole screen; the event log renders each event once and
+refreshes the rows that changed; Line API widgets work out their style once per restyle.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from engine.views import Snapshot
 from tests.helpers import console_data as data
 from tests.helpers.console import screen_text, wait_for
 from widgets.dag_view import DagView
+from widgets.event_log import EventLog
+from widgets.live_table import LiveTable
 from widgets.review_panel import ReviewPanel
 from widgets.run_header import RunHeader
 from widgets.runs_table import RunsTable
@@ -434,3 +437,80 @@ async def test_a_focus_move_repaints_the_panels_it_touches_not_the_whole_screen(
         after = (runs_panel.styles.border_top, reviews_panel.styles.border_top)
         assert after[0] != before[0] and after[1] != before[1]  # borders swapped colours
         assert after[1] == before[0]
+
+
+class EventApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield EventLog()
+
+
+async def test_the_event_log_renders_each_event_once_and_refreshes_the_rows_that_changed(
+    monkeypatch,
+):
+    """New events at the tail render their own lines only: the lines of events already shown
+    are kept, and with room to spare only the new rows are refreshed."""
+    import widgets.event_log as event_log
+
+    rendered: list[int] = []
+    line = event_log.event_line
+
+    def counting(ev):
+        rendered.append(ev.id)
+        return line(ev)
+
+    monkeypatch.setattr(event_log, "event_line", counting)
+    events = data.events()
+    app = EventApp()
+    async with app.run_test(size=(100, 12)) as pilot:  # room for 12 lines, 7 events
+        log = app.query_one(EventLog)
+        log.show(events[:5])
+        await pilot.pause()
+        assert sorted(rendered) == [1, 2, 3, 4, 5]
+        calls = record_refreshes(log)
+        rendered.clear()
+        log.show(events)  # two more
+        await pilot.pause()
+        assert sorted(rendered) == [6, 7]  # the five shown before were not rendered again
+        rows = {y for regions in calls for r in regions for y in range(r.y, r.bottom)}
+        assert calls and all(calls) and rows == {5, 6}  # their two rows, not the panel
+        text = screen_text(app)
+        assert "step.failed" in text and "review.decided" in text
+        assert "[b]Service[/b]" in text  # data shown literally
+
+
+class TableApp(App[None]):
+    def compose(self) -> ComposeResult:
+        table = LiveTable()
+        table.add_column("id")
+        table.add_column("what")
+        yield table
+
+
+async def test_line_widgets_work_out_their_style_once_per_restyle(monkeypatch):
+    """A Line API widget asks for its rich style (a walk over every ancestor's styles) once,
+    not once per line drawn; a restyle (here a theme change) is drawn in the new colours."""
+    from textual.dom import DOMNode
+
+    asked: list[object] = []
+    rich_style = DOMNode.rich_style
+
+    def counting(self):
+        if isinstance(self, LiveTable):
+            asked.append(self)
+        return rich_style.fget(self)
+
+    monkeypatch.setattr(DOMNode, "rich_style", property(counting))
+    app = TableApp()
+    async with app.run_test(size=(60, 12)) as pilot:
+        table = app.query_one(LiveTable)
+        table.set_rows([(str(i), (str(i), f"row {i}")) for i in range(8)])
+        await pilot.pause()
+        assert "row 7" in screen_text(app)
+        assert 1 <= len(asked) <= 2, len(asked)  # not once per row
+        dark = table.render_line(3)
+        app.theme = "textual-light"
+        await pilot.pause()
+        light = table.render_line(3)
+        assert table.base_style == rich_style.fget(table)
+        assert list(light)[-1].style.bgcolor == table.base_style.bgcolor
+        assert list(light)[-1].style.bgcolor != list(dark)[-1].style.bgcolor

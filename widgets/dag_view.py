@@ -26,6 +26,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from engine.views import StepView
+from widgets.base_style import BaseStyle
 from widgets.dag_layout import ROW_H, GraphNode, Layout, draw, layout
 from widgets.text import STATUS_CLASS, SYMBOLS, duration
 
@@ -46,7 +47,7 @@ class _Node:
     members: tuple[str, ...] = ()
 
 
-class DagView(ScrollView, can_focus=True):
+class DagView(BaseStyle, ScrollView, can_focus=True):
     """The live DAG of one run."""
 
     DEFAULT_CSS = """
@@ -274,7 +275,7 @@ class DagView(ScrollView, can_focus=True):
         lay = self._lay
         assert lay is not None
         self._dirty = False
-        base = self.rich_style
+        base = self.base_style
         width, height = lay.width, lay.height
         chars = [[" "] * width for _ in range(height)]
         styles: list[list[Style | None]] = [[None] * width for _ in range(height)]
@@ -347,8 +348,8 @@ class DagView(ScrollView, can_focus=True):
         row = y + scroll_y
         width = self.scrollable_content_region.width
         if row >= len(self._strips):
-            return Strip.blank(width, self.rich_style)
-        strip = self._strips[row].crop_extend(scroll_x, scroll_x + width, self.rich_style)
+            return Strip.blank(width, self.base_style)
+        strip = self._strips[row].crop_extend(scroll_x, scroll_x + width, self.base_style)
         text, end = self._texts[row], scroll_x + width
         if width > 1 and end < len(text) and _is_label(text[end - 1]) and _goes_on(text, end):
             # A label goes on past the right edge: say so rather than cut it silently.

@@ -28,6 +28,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from widgets.base_style import BaseStyle
+
 Cell = Text | str
 Row = tuple[str, Sequence[Cell]]
 
@@ -45,7 +47,7 @@ class Column:
     """Takes the width left over (else the last column does)."""
 
 
-class LiveTable(ScrollView, can_focus=True):
+class LiveTable(BaseStyle, ScrollView, can_focus=True):
     """A row-cursor table whose rows are replaced by `set_rows`."""
 
     DEFAULT_CSS = """
@@ -242,7 +244,7 @@ class LiveTable(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        base = self.rich_style
+        base = self.base_style
         if y == 0:
             header = self.get_component_rich_style("live-table--header")
             signature = (width, header, tuple(c.width for c in self.columns))

@@ -20,6 +20,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from engine.views import StepView
+from widgets.base_style import BaseStyle
 from widgets.text import clock, duration, plain, status_text, to_json
 
 OUTPUT_LIMIT = 4000
@@ -99,7 +100,7 @@ def step_renderable(
     return Group(*parts)
 
 
-class StepDetail(ScrollView, can_focus=True):
+class StepDetail(BaseStyle, ScrollView, can_focus=True):
     """Details of the selected step.
 
     Drawn with the Line API: the details are rendered to lines once per change, and a change
@@ -167,7 +168,7 @@ class StepDetail(ScrollView, can_focus=True):
         width, height = region.width, region.height
         if width <= 0:
             return  # not laid out yet: drawn on the first resize
-        style = self.rich_style
+        style = self.base_style
         drawn_for = (width, height, style)
         if drawn_for == self._drawn_for:
             return
@@ -200,8 +201,8 @@ class StepDetail(ScrollView, can_focus=True):
         row = y + int(self.scroll_y)
         width = self.scrollable_content_region.width
         if row < len(self._strips):
-            return self._strips[row].crop_extend(0, width, self.rich_style)
-        return Strip.blank(width, self.rich_style)
+            return self._strips[row].crop_extend(0, width, self.base_style)
+        return Strip.blank(width, self.base_style)
 
     def on_resize(self) -> None:
         self._draw()
