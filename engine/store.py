@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import sqlite3
 import subprocess
 import sys
@@ -171,6 +172,11 @@ class Store:
         self._child: subprocess.Popen[bytes] | None = None
         self._send_lock = threading.Lock()
         """Held while queue items are taken and written to the process, in queue order."""
+        self._backlog = bytearray()
+        """Bytes for the process that its pipe had no room for (see `_write_child`)."""
+        self._feeder: threading.Thread | None = None
+        self._feeding = threading.Event()
+        """Set while `_backlog` has bytes (wakes the feeder thread)."""
         self._send_loop: asyncio.AbstractEventLoop | None = None
         """The loop that has a send scheduled (producers on a loop send once per iteration)."""
         self._gates: dict[int, tuple] = {}
@@ -308,6 +314,7 @@ class Store:
             done: concurrent.futures.Future[None] = concurrent.futures.Future()
             self._push((_STOP, None, None, done))
             self._thread.join()
+        self._feeding.set()  # a feeder thread, if any, ends (everything was delivered)
         with self._readers_lock:
             for conn in self._readers:
                 try:
@@ -400,14 +407,63 @@ class Store:
                 batch[i] = (_GATE, n, None, None)
 
     def _write_child(self, frame: bytes) -> None:
-        child = self._child
+        """Write `frame` to the process without ever waiting (call with `_send_lock` held).
+        What the pipe has no room for (the process is behind, e.g. waiting for a lock another
+        process holds) goes to `_backlog`, which the feeder thread writes as room appears; a
+        producer on the event loop never blocks, and later frames queue behind the backlog."""
         self._sent = True
+        if self._backlog:
+            self._backlog += frame
+            return
         try:
-            writer.write_all(child.stdin.fileno(), frame)  # type: ignore[union-attr]
+            n = os.write(self._child.stdin.fileno(), frame)  # type: ignore[union-attr]
+        except BlockingIOError:
+            n = 0
         except (OSError, ValueError, AttributeError) as e:
-            # The process is gone: its gatekeeper fails the waiting items.
-            if self.failure is None:
-                self.failure = DatabaseError(f"{self.path}: writer process is gone ({e})")
+            self._child_gone(e)
+            return
+        if n < len(frame):
+            self._backlog += memoryview(frame)[n:]
+            if self._feeder is None:
+                self._feeder = threading.Thread(
+                    target=self._feed, name="flowdeck-store-feeder", daemon=True
+                )
+                self._feeder.start()
+            self._feeding.set()
+
+    def _child_gone(self, e: BaseException) -> None:
+        # The process is gone: its gatekeeper fails the waiting items.
+        self._backlog.clear()
+        if self.failure is None:
+            self.failure = DatabaseError(f"{self.path}: writer process is gone ({e})")
+
+    def _feed(self) -> None:
+        """The feeder thread: writes `_backlog` to the process as the pipe takes it. It runs
+        only while the process is behind, so it does not compete with the loop otherwise."""
+        while True:
+            self._feeding.wait()
+            child = self._child
+            with self._send_lock:
+                if not self._backlog:
+                    self._feeding.clear()
+                    if self._closed or child is None:
+                        self._feeder = None
+                        return
+                    continue
+            try:
+                fd = child.stdin.fileno()  # type: ignore[union-attr]
+                select.select([], [fd], [], 1.0)  # room in the pipe (or look again)
+                with self._send_lock, memoryview(self._backlog) as view:
+                    try:
+                        n = os.write(fd, view[:PIPE_BYTES])
+                    except BlockingIOError:
+                        n = 0
+                if n:
+                    with self._send_lock:
+                        del self._backlog[:n]
+            except (OSError, ValueError, AttributeError) as e:
+                with self._send_lock:
+                    self._child_gone(e)
 
     def _kick(self) -> None:
         self._idle = False
@@ -497,6 +553,7 @@ class Store:
         # previous ones (64 KiB by default: the loop would stall behind SQLite).
         with contextlib.suppress(AttributeError, OSError):
             fcntl.fcntl(child.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
+        os.set_blocking(child.stdin.fileno(), False)  # type: ignore[union-attr]  # see _write_child
         return child
 
     def _gatekeeper(self, conn: sqlite3.Connection, child: subprocess.Popen[bytes]) -> bool:

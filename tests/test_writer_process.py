@@ -176,3 +176,43 @@ def test_many_producer_threads_in_either_mode(tmp_path, bulk_process):
                 for r in store.query("SELECT ts FROM events WHERE run_id = ? ORDER BY id", (f"r{t}",))
             ]
             assert ts == [float(i) for i in range(per_thread)]
+
+
+async def test_the_loop_never_waits_for_a_writer_held_up_by_another_process(tmp_path):
+    """Another process holding the write lock holds the writer process up; rows keep coming
+    from the loop (more than the pipe between them holds) and the loop goes on: they wait in
+    the store, in order, and all land once the lock is let go. (The loop used to stall in the
+    pipe write until the lock was released.)"""
+    import sqlite3
+
+    path = tmp_path / "held.db"
+    store = Store.open(path, busy_timeout=60)
+    try:
+        await store.flush()
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        let_go, gave_up = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            if not let_go.wait(30):  # only if the loop stalled (it would wait for the lock)
+                gave_up.set()
+            holder.execute("COMMIT")
+            holder.close()
+
+        holding = threading.Thread(target=hold)
+        holding.start()
+        pad = "x" * 100
+        n = 20_000  # over 2 MB of rows (each one different): twice what the pipe holds
+        for i in range(n):
+            store.put(EVENT_ROWS, (float(i), "r", f"s{i}", "step.succeeded", f"{pad}{i}"))
+            if i % 1000 == 0:
+                await asyncio.sleep(0)  # loop iterations: the store sends what it has
+        still_held = not gave_up.is_set()
+        let_go.set()
+        await store.flush()
+        holding.join()
+        assert still_held, "the loop waited for the lock another process held"
+        ts = [r["ts"] for r in store.query("SELECT ts FROM events WHERE run_id = 'r' ORDER BY id")]
+        assert ts == [float(i) for i in range(n)]
+    finally:
+        store.close()
