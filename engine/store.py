@@ -93,10 +93,21 @@ def check_file(path: Path) -> None:
     pages = int.from_bytes(header[28:32], "big")
     change_counter = header[24:28]
     valid_for = header[92:96]
-    if pages and change_counter == valid_for and size < pages * page_size:
+    if pages and change_counter == valid_for and size < pages * page_size and not _has_wal(path):
         raise DatabaseError(
             f"{path}: truncated SQLite file ({size} bytes, header says {pages * page_size})"
         )
+
+
+def _has_wal(path: Path) -> bool:
+    """Whether a write-ahead log with frames lies beside `path`. Then the file may be shorter
+    than its header says and still whole: a checkpoint (a writer closing, perhaps the writer
+    process of an engine that was just killed) writes page 1 before the pages that extend the
+    file, and a checkpoint cut short leaves the pages in the log, where SQLite reads them."""
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size > 32  # more than its header
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

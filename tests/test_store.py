@@ -141,6 +141,31 @@ def test_truncated_file_is_refused_byte_identical(tmp_path, db_path):
     assert digest(cut) == before
 
 
+def test_a_file_caught_mid_checkpoint_opens(tmp_path):
+    """A checkpoint writes page 1 (the header with the new size) before the pages that extend
+    the file; the log keeps every page until it is done. A file seen in that state (an engine
+    killed while its writer process checkpoints at exit, then a command run at once) is whole
+    and opens; it used to be refused as truncated."""
+    path = tmp_path / "mid.db"
+    Store.open(path).close()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.executemany(
+        "INSERT INTO events(ts, kind, data) VALUES (?, 'x', ?)",
+        [(i, "y" * 500) for i in range(500)],
+    )
+    wal = tmp_path / "mid.db-wal"
+    log, old = wal.read_bytes(), path.read_bytes()  # the log: every page changed, committed
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    new = path.read_bytes()
+    assert len(new) > len(old) + 4096 * 10
+    path.write_bytes(new[:4096] + old[4096:])  # page 1 written, the file not yet extended
+    wal.write_bytes(log)
+    with Store.open(path) as s:
+        assert s.query("SELECT count(*) AS n FROM events WHERE kind = 'x'") == [{"n": 500}]
+
+
 def test_newer_schema_is_refused_byte_identical(db_path):
     Store.open(db_path).close()
     con = sqlite3.connect(db_path)
