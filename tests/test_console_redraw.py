@@ -514,3 +514,21 @@ async def test_line_widgets_work_out_their_style_once_per_restyle(monkeypatch):
         assert table.base_style == rich_style.fget(table)
         assert list(light)[-1].style.bgcolor == table.base_style.bgcolor
         assert list(light)[-1].style.bgcolor != list(dark)[-1].style.bgcolor
+
+
+async def test_no_full_collection_starts_while_a_key_waits_to_be_answered(console_store):
+    """A full collection due while a keystroke is queued (not handled yet) waits: it would
+    hold the key's answer back for tens of milliseconds. It runs once the queue is empty."""
+    app = FlowdeckApp(console_store, analytics=None, live=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        app.show_snapshot(Snapshot(now=NOW, version=1))
+        app.show_snapshot(Snapshot(now=NOW, version=2))  # full collections are the app's now
+        app.key_quiet = 0.0
+        app._gc_due = time.monotonic()  # due now (not yet late)
+        full = gc.get_stats()[2]["collections"]
+        app.simulate_key("down")  # queued, not yet handled
+        app._collect()
+        assert gc.get_stats()[2]["collections"] == full  # held back
+        await pilot.pause()  # the key is handled
+        app._collect()
+        assert gc.get_stats()[2]["collections"] == full + 1
