@@ -354,7 +354,13 @@ class FlowdeckApp(App[None]):
         run opened costs what the next ones do. (Textual mounts a screen when it is first
         pushed; registering it is that step without showing it.)"""
         register = getattr(self, "_register", None)
-        if self.is_screen_installed("run") or register is None or not self.is_running:
+        if (
+            self.is_screen_installed("run")
+            or register is None
+            or not self.is_running
+            or getattr(self, "_exit", False)  # quitting: a screen mounted now has no children
+            or self._closing
+        ):
             return
         screen = RunScreen("")
         self.install_screen(screen, "run")

@@ -532,3 +532,22 @@ async def test_no_full_collection_starts_while_a_key_waits_to_be_answered(consol
         await pilot.pause()  # the key is handled
         app._collect()
         assert gc.get_stats()[2]["collections"] == full + 1
+
+
+async def test_quitting_right_after_the_first_paint_mounts_no_run_screen(store, console_store):
+    """The run screen is mounted once the first snapshot is on screen (after that refresh);
+    when the app is quitting by then, it is not mounted (a screen mounted while the app
+    closes gets no children, and its mount handler crashed the app on the way out, e.g. the
+    console closed right after start on a large database)."""
+    await finished_runs(store, flow("alpha", "one"))
+    app = FlowdeckApp(console_store, analytics=None)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: app.redraws >= 1, what="first paint")
+        if app.is_screen_installed("run"):  # mounted already: take it back to try again
+            app.uninstall_screen("run")
+        app.exit()
+        app._prepare_run_screen()
+        assert not app.is_screen_installed("run")
+    assert app.return_code in (0, None)
+    # and a run screen mounted with no children (as then) has nothing to focus, no crash
+    RunScreen("").on_mount()

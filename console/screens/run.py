@@ -99,7 +99,9 @@ class RunScreen(FlowdeckScreen):
         self._compositor.render_update(full=True)
 
     def on_mount(self) -> None:
-        self.query_one(DagView).focus()
+        # Mounted while the app is closing, a screen gets no children: nothing to focus then.
+        for dag in self.query(DagView).results(DagView):
+            dag.focus()
 
     def show(self, snapshot: Snapshot) -> None:
         super().show(snapshot)
