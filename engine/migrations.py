@@ -207,6 +207,14 @@ _ROLLUP_CHANGED = " OR ".join(
 ) + " OR (OLD.number > 1) IS NOT (NEW.number > 1)"  # fmt: skip
 
 
+_ROLLUP_UPSERT = (
+    "ON CONFLICT DO UPDATE SET n = n + excluded.n, timed = timed + excluded.timed, "
+    "sum_ms = sum_ms + excluded.sum_ms, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens"
+)
+"""Adds a row of sums to `attempt_rollup` (the triggers' and the bulk statements')."""
+
+
 def _rollup_apply(row: str, sign: str) -> str:
     """Trigger body adding (`+`) or removing (`-`) one attempt row's share of the rollups."""
     hour = f"CAST({row}.started_at / 3600 AS INTEGER)"
@@ -218,11 +226,7 @@ def _rollup_apply(row: str, sign: str) -> str:
         f"{sign}1, {sign}({row}.duration_ms IS NOT NULL), {sign}coalesce({row}.duration_ms, 0), "
         f"{sign}coalesce({row}.prompt_tokens, 0), {sign}coalesce({row}.completion_tokens, 0)"
     )
-    upsert = (
-        "ON CONFLICT DO UPDATE SET n = n + excluded.n, timed = timed + excluded.timed, "
-        "sum_ms = sum_ms + excluded.sum_ms, prompt_tokens = prompt_tokens + "
-        "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens"
-    )
+    upsert = _ROLLUP_UPSERT
     calls = f"({row}.status IN ('succeeded', 'failed'))"
     failed = f"({row}.status = 'failed')"
     body = [
@@ -472,11 +476,6 @@ def _not_bulk(row: str) -> str:
     return f" AND NOT EXISTS (SELECT 1 FROM attempt_bulk WHERE {row}.id > floor)"
 
 
-_ROLLUP_UPSERT = (
-    "ON CONFLICT DO UPDATE SET n = n + excluded.n, timed = timed + excluded.timed, "
-    "sum_ms = sum_ms + excluded.sum_ms, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = completion_tokens + excluded.completion_tokens"
-)
 BULK_BEFORE = (
     "INSERT OR REPLACE INTO attempt_bulk VALUES (1, (SELECT coalesce(max(id), 0) FROM attempts))",
 )

@@ -2,8 +2,9 @@
 tenacity.
 
 The first attempt runs directly (tenacity is not even imported until something fails, which
-keeps start-up and the hot path cheap); after a failure worth retrying, tenacity drives the remaining attempts with
-the policy's wait shape, and `on_retry` is told the attempt number and the wait before each one.
+keeps start-up and the hot path cheap); after a failure worth retrying, tenacity drives the
+remaining attempts with the policy's wait shape, and `on_retry` is told the attempt number and
+the wait before each one.
 
 Which errors are worth another attempt (`should_retry`):
 

@@ -364,8 +364,7 @@ class Store:
         sends once per loop iteration, in bulk; any other producer sends at once."""
         self._items.append(item)
         if self._child is None:
-            if self._idle:
-                self._kick()
+            self._kick()
             return
         loop = _get_running_loop()
         if loop is None:
@@ -379,8 +378,7 @@ class Store:
         self._gated = True
         self._items.append(item)
         if self._child is None:
-            if self._idle:
-                self._kick()
+            self._kick()
             return
         self._send()
 
@@ -392,8 +390,7 @@ class Store:
             self._send_loop = None
             items = self._items
             if self._child is None:  # the process is gone: the thread writes from now on
-                if self._idle:
-                    self._kick()
+                self._kick()
                 return
             if not items:
                 return
@@ -477,6 +474,9 @@ class Store:
                     self._child_gone(e)
 
     def _kick(self) -> None:
+        """Wake the writer thread if it sleeps (it writes everything without a process)."""
+        if not self._idle:
+            return
         self._idle = False
         try:
             self._wake.release()
