@@ -14,6 +14,7 @@ the heap is never rescanned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import json
@@ -932,6 +933,8 @@ class Engine:
         self._stopping = False
         self._background: list[asyncio.Task] = []
         self._poll_commands = poll_commands
+        self._loading: asyncio.Future[list[dict[str, Any]]] | None = None
+        """The read of the breakers' states `start` began (None once loaded)."""
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -941,7 +944,9 @@ class Engine:
         await self.aclose()
 
     async def start(self) -> None:
-        self.breakers.load(await self.store.aquery(Breakers.READ_ROWS))
+        # The breakers' states are read while the first run's rows are written (`submit`
+        # waits for both): a read connection and its thread take milliseconds to open.
+        self._loading = asyncio.ensure_future(self.store.aquery(Breakers.READ_ROWS))
         self._background.append(asyncio.create_task(self._heartbeat(), name="flowdeck-heartbeat"))
         if self._poll_commands:
             self._background.append(asyncio.create_task(self._commands(), name="flowdeck-commands"))
@@ -966,7 +971,21 @@ class Engine:
         a step of this engine waiting on it continues at once."""
         return await self.reviews.decide(review_id, decision, reviewer, comment, choice=choice)
 
+    async def _loaded(self) -> None:
+        """Wait until `start` has read the breakers' states (raises what the read raised)."""
+        loading = self._loading
+        if loading is not None:
+            rows = await loading
+            if self._loading is loading:
+                self._loading = None
+                self.breakers.load(rows)
+
     async def aclose(self) -> None:
+        if self._loading is not None:
+            self._loading.cancel()
+            with contextlib.suppress(BaseException):
+                await self._loading
+            self._loading = None
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -985,7 +1004,6 @@ class Engine:
     ) -> RunExecution:
         """Create a run (committed before this returns) and start it."""
         inputs = dict(inputs or {})
-        await self._refresh_breakers()
         run_id = new_run_id()
         plan = plan_for(spec)
         now = self.clock()
@@ -1007,13 +1025,20 @@ class Engine:
         created = self.store.call(create_rows, raw=True)
         run = RunExecution(self, run_id, spec, inputs)  # while the writer inserts the rows
         try:
+            await self._loaded()  # the breakers' states, also read meanwhile
+            await self._refresh_breakers()
             await asyncio.wrap_future(created)
-        except asyncio.CancelledError:
-            # The rows are written all the same (the writer does not stop for us): end the run
-            # as cancelled, queued after them, so none is left pending with nobody to run it.
-            self.store.execute(CANCEL_UNSTARTED_RUN, (self.clock(), run_id))
-            self.store.execute(CANCEL_UNSTARTED_STEPS, (self.clock(), run_id))
-            self.events.emit("run.cancelled", run_id, None, reason="cancelled before it started")
+        except BaseException:
+            failed = created.done() and not created.cancelled() and created.exception()
+            if not failed:  # not when the rows themselves could not be written
+                # The rows are written all the same (the writer does not stop for us): end the
+                # run as cancelled, queued after them, so none is left pending with nobody to
+                # run it.
+                self.store.execute(CANCEL_UNSTARTED_RUN, (self.clock(), run_id))
+                self.store.execute(CANCEL_UNSTARTED_STEPS, (self.clock(), run_id))
+                self.events.emit(
+                    "run.cancelled", run_id, None, reason="cancelled before it started"
+                )
             raise
         self.events.emit("run.created", run_id, None, workflow=spec.name, steps=len(spec.steps))
         self.runs[run_id] = run
@@ -1067,6 +1092,7 @@ class Engine:
             )
         spec = WorkflowSpec.model_validate_json(row["spec"])
         inputs = json.loads(row["inputs"])
+        await self._loaded()
         await self._refresh_breakers()
 
         def read_state(db: Any) -> tuple[dict, dict, dict]:

@@ -514,13 +514,20 @@ class Store:
 
     def _writer(self, ready: concurrent.futures.Future[None]) -> None:
         writer.bind_nulls_fast()
+        # The process starts first: it is up (its interpreter takes tens of milliseconds) by
+        # the time the file is checked and migrated and the first rows come. It opens the file
+        # at its first write, so a file refused below is left untouched.
+        child = self._spawn() if self.bulk_process else None
         try:
             conn = self._open_writer()
         except BaseException as e:
+            if child is not None:  # it ends at the end of its input, never having connected
+                for pipe in (child.stdin, child.stdout, child.stderr):
+                    pipe.close()  # type: ignore[union-attr]
+                child.wait()
             ready.set_exception(e if isinstance(e, DatabaseError) else DatabaseError(str(e)))
             return
-        if self.bulk_process:
-            self._child = self._spawn()
+        self._child = child
         ready.set_result(None)
         try:
             if self._child is not None and self._gatekeeper(conn, self._child):
@@ -540,26 +547,15 @@ class Store:
             conn.close()
 
     def _spawn(self) -> subprocess.Popen[bytes] | None:
-        """Start the writer process (`engine/writer.py` with only the standard library)."""
-        root = str(Path(writer.__file__).resolve().parent.parent)
-        code = (
-            f"import sys; sys.path.insert(0, {root!r}); from engine.writer import main; "
-            "sys.exit(main(sys.argv[1:]))"
-        )
+        """Start the writer process, or take the one started ahead (`writer.prespawn`)."""
         args = [str(self.path), self.synchronous, str(int(self.busy_timeout * 1000))]
-        try:
-            child = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", code, *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                # Its own process group: a Ctrl-C at the terminal goes to the engine, which
-                # still has rows to write; the process ends when its input does.
-                start_new_session=True,
-            )
-        except OSError as e:
-            log.warning("writer process did not start (%s); writing in a thread", e)
-            return None
+        child = writer.take_prespawned(args)
+        if child is None:
+            try:
+                child = writer.spawn(args)
+            except OSError as e:
+                log.warning("writer process did not start (%s); writing in a thread", e)
+                return None
         # A roomy pipe: the loop hands rows over without waiting while the process writes the
         # previous ones (64 KiB by default: the loop would stall behind SQLite).
         with contextlib.suppress(AttributeError, OSError):

@@ -16,10 +16,14 @@ import _signal  # the C module: `signal` builds enums at import (a third of the 
 import gc
 import marshal
 import os
-import sqlite3
 import struct
 import sys
 import time
+
+try:  # the C module itself: the package adds only deprecated date adapters (and ~5 ms of imports)
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover - an interpreter without it
+    import sqlite3  # type: ignore[no-redef]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the process imports no more than it needs: it starts with every run
@@ -332,6 +336,56 @@ class FrameReader:
         return bool(select.select([self.fd], [], [], timeout)[0])
 
 
+def spawn(args: Sequence[str]) -> Any:
+    """Start the writer process (this module, with only the standard library) and return its
+    `subprocess.Popen`; `args` are `main`'s (none: it waits for them, see `prespawn`)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from engine.writer import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # Its own process group: a Ctrl-C at the terminal goes to the engine, which still has
+        # rows to write; the process ends when its input does.
+        start_new_session=True,
+    )
+
+
+_prespawned: Any = None
+
+
+def prespawn() -> None:
+    """Start a writer process now for the first store this process opens (`take_prespawned`).
+    A command that will run workflows calls this before its heavy imports: the process's own
+    start (an interpreter, tens of milliseconds) then happens meanwhile on another core, and
+    its first step does not wait for it. Unused, it ends with this process (end of input)."""
+    global _prespawned
+    if _prespawned is None:
+        try:
+            _prespawned = spawn([])
+        except OSError:
+            pass
+
+
+def take_prespawned(args: Sequence[str]) -> Any:
+    """The process `prespawn` started, told `args` (once; None if there is none or it died)."""
+    global _prespawned
+    child, _prespawned = _prespawned, None
+    if child is None or child.poll() is not None:
+        return None
+    try:
+        write_all(child.stdin.fileno(), encode(("open", *args)))
+    except OSError:
+        return None
+    return child
+
+
 def main(argv: list[str]) -> int:
     """The bulk writer process: queue items from stdin, replies on stdout.
 
@@ -342,15 +396,31 @@ def main(argv: list[str]) -> int:
     group of its own (a Ctrl-C at the terminal is for the engine, which may still have rows to
     write) and ignores SIGINT and SIGTERM sent to it directly.
     """
+    inp, out = FrameReader(0), 1
+    early: list[Any] = []
+    if not argv:  # started ahead of its store (`prespawn`): the store says which file
+        early = inp.read()
+        if not early:
+            return 0
+        argv = list(early.pop(0)[1:])
     path, synchronous, busy_ms = argv
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     gc.disable()  # it keeps no cycles; collections would only walk the rows passing through
     bind_nulls_fast()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    inp, out = FrameReader(0), 1
+    # Connected at its first batch, not at start: the store starts the process before it has
+    # checked and migrated the file (so the process is up by the first write), and a file it
+    # refuses must be left as it was.
+    conn: sqlite3.Connection | None = None
+
+    def connection() -> sqlite3.Connection:
+        nonlocal conn
+        if conn is None:
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+        return conn
+
     commits = 0
     pending: list[tuple] = []
     opened: set[int] = set()
@@ -371,8 +441,8 @@ def main(argv: list[str]) -> int:
                     pending.append(item)
         return gated
 
+    gated = take(early)
     while True:
-        gated = False
         if not pending:
             gated = take(inp.read())
             if inp.eof and not pending:
@@ -395,16 +465,18 @@ def main(argv: list[str]) -> int:
         batch = pending[:end]
         del pending[: end + (gate is not None)]
         if batch:
-            n, _ = process(conn, batch, None, failed, named)
+            n, _ = process(connection(), batch, None, failed, named)
             commits += n
+        gated = False
         if gate is not None:
             write_all(out, encode(("g", gate, commits)))
             while gate not in opened:
-                take(inp.read())
+                gated = take(inp.read()) or gated  # a gate among them: do not linger after
                 if inp.eof:
                     return 0
             opened.discard(gate)
-    conn.close()
+    if conn is not None:
+        conn.close()
     return 0
 
 

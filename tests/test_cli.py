@@ -261,14 +261,20 @@ def test_only_the_named_commands_module_is_loaded():
 
 
 def test_run_reaches_its_first_step_without_sqlite_utils_or_rich(cli, tmp_path):
-    """Start-up: sqlite-utils and rich (a third of `flowdeck run`'s start-up), and tenacity
-    (needed once an attempt fails) are not imported before the first step. The step is async,
-    so it runs on the loop at the moment it starts."""
+    """Start-up: sqlite-utils and rich (a third of `flowdeck run`'s start-up), tenacity (needed
+    once an attempt fails) and the undoing code (needed to undo) are not imported before the
+    first step. The step is async, so it runs on the loop at the moment it starts. Its writer
+    process is the one started ahead, before the imports (it got its file by message, not on
+    its command line)."""
     (tmp_path / "probe_mods.py").write_text(
-        "import sys\n"
+        "import os, sys, psutil\n"
         "async def probe(path):\n"
-        "    heavy = [m for m in ('sqlite_utils', 'rich', 'click', 'tenacity') if m in sys.modules]\n"
-        "    open(path, 'w').write(' '.join(heavy) or '-')\n"
+        "    heavy = [m for m in ('sqlite_utils', 'rich', 'click', 'tenacity',\n"
+        "                         'engine.undo.execute') if m in sys.modules]\n"
+        "    writers = [p.cmdline() for p in psutil.Process().children()\n"
+        "               if 'engine.writer' in ' '.join(p.cmdline())]\n"
+        "    ahead = [c for c in writers if c[-1].endswith('main(sys.argv[1:]))')]\n"
+        "    open(path, 'w').write((' '.join(heavy) or '-') + f' ahead={len(ahead)}/{len(writers)}')\n"
         "    return {}\n"
     )
     out = tmp_path / "mods.txt"
@@ -280,4 +286,4 @@ def test_run_reaches_its_first_step_without_sqlite_utils_or_rich(cli, tmp_path):
     r = cli("run", str(wf), "--db", str(tmp_path / "p.db"), cwd=tmp_path,
             PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")  # fmt: skip
     assert r.code == 0, r.stderr
-    assert out.read_text() == "-"
+    assert out.read_text() == "- ahead=1/1"

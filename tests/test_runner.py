@@ -447,6 +447,32 @@ async def test_cancel_while_a_review_gate_opens(engine, store, caplog):
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
+async def test_the_breakers_read_beside_the_first_runs_rows_and_a_failed_read_ends_it(store):
+    """`start` begins reading the breakers' states and the first `submit` waits for that read
+    while its rows are written. If the read fails, `submit` raises it, and the run whose rows
+    were queued is ended `cancelled`, not left pending."""
+    from engine.breaker import Breakers
+    from engine.errors import DatabaseError
+
+    real = store.aquery
+
+    async def aquery(sql, params=()):
+        if sql == Breakers.READ_ROWS:
+            await asyncio.sleep(0.05)
+            raise DatabaseError("breakers: unreadable")
+        return await real(sql, params)
+
+    store.aquery = aquery
+    async with Engine(store, poll_commands=False) as eng:
+        assert not eng._loading.done()  # start did not wait for it
+        with pytest.raises(DatabaseError, match="unreadable"):
+            await eng.submit(wf({"a": py("noop")}))
+        await store.flush()
+    runs = store.query("SELECT status, error FROM runs")
+    assert runs == [{"status": "cancelled", "error": "cancelled before it started"}]
+    assert store.query("SELECT status FROM steps") == [{"status": "cancelled"}]
+
+
 async def test_a_submit_cancelled_while_its_rows_are_written_leaves_no_pending_run(store):
     """Cancelling `submit` (a demo quitting, a request dropped) while the run's rows are being
     written: the rows land all the same, so the run is ended as cancelled, never left pending

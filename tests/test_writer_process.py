@@ -216,3 +216,57 @@ async def test_the_loop_never_waits_for_a_writer_held_up_by_another_process(tmp_
         assert ts == [float(i) for i in range(n)]
     finally:
         store.close()
+
+
+def test_a_process_started_ahead_is_the_next_stores_and_told_its_file(tmp_path):
+    """`flowdeck run` starts the writer process before its imports (`writer.prespawn`); the
+    first store opened takes that process, which learns its file from its first message."""
+    from engine import writer
+
+    before = {p.pid for p in _writer_processes()}
+    writer.prespawn()
+    (ahead,) = [p for p in _writer_processes() if p.pid not in before]
+    with Store.open(tmp_path / "a.db") as first, Store.open(tmp_path / "b.db") as second:
+        assert first._child.pid == ahead.pid
+        assert second._child.pid not in before | {ahead.pid}  # the next store starts its own
+        for store, kind in ((first, "one"), (second, "two")):
+            store.put(EVENT_ROWS, (1.0, "r", None, kind, "{}"))
+            store.flush_sync()
+        assert first.query("SELECT kind FROM events") == [{"kind": "one"}]
+        assert second.query("SELECT kind FROM events") == [{"kind": "two"}]
+    ahead.wait(10)
+
+
+def test_a_process_started_ahead_and_never_used_ends_and_writes_nothing(tmp_path):
+    from engine import writer
+
+    writer.prespawn()
+    child = writer._prespawned
+    writer._prespawned = None
+    child.stdin.close()  # what this process ending does
+    assert child.wait(10) == 0
+    child.stdout.close()
+    child.stderr.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_file_stays_byte_identical_though_the_process_starts_first(tmp_path):
+    """The process starts before the store checks the file (to be up sooner) but connects only
+    at its first write: a file the store refuses is left byte-identical, wal and all."""
+    from engine import migrations
+
+    path = tmp_path / "newer.db"
+    with Store.open(path) as store:
+        store.put(EVENT_ROWS, (1.0, "r", None, "k", "{}"))
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(migrations.MIGRATIONS) + 5}")
+    conn.commit()
+    conn.close()
+    snapshot = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = {p.pid for p in _writer_processes()}
+    with pytest.raises(DatabaseError, match="newer"):
+        Store.open(path)
+    assert {p.pid for p in _writer_processes()} <= before  # it ended
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == snapshot

@@ -21,19 +21,36 @@ while automatic retries repeat one key).
 from typing import TYPE_CHECKING, Any
 
 from engine.undo.entries import list_entries, process_alive
-from engine.undo.execute import UndoResult, default_actor, undo_entry, undo_last, undo_run
 
 if TYPE_CHECKING:
+    from engine.undo.execute import (
+        UndoResult,
+        default_actor,
+        undo_entry,
+        undo_last,
+        undo_run,
+    )
     from engine.undo.hook import UndoHook
+
+_LAZY = {
+    "UndoHook": "engine.undo.hook",
+    "UndoResult": "engine.undo.execute",
+    "default_actor": "engine.undo.execute",
+    "undo_entry": "engine.undo.execute",
+    "undo_last": "engine.undo.execute",
+    "undo_run": "engine.undo.execute",
+}
+"""Imported on first use: the hook needs engine.runner (commands that only undo or list should
+not import it), and an engine that runs no destructive step never needs the undoing code."""
 
 
 def __getattr__(name: str) -> Any:
-    # The hook needs engine.runner; commands that only undo or list should not import it.
-    if name == "UndoHook":
-        from engine.undo.hook import UndoHook
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.undo' has no attribute {name!r}")
+    import importlib
 
-        return UndoHook
-    raise AttributeError(f"module 'engine.undo' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
