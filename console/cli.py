@@ -125,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    if _module_for(sys.argv[1:]) == "console.commands.workflows" and os.environ.get(
-        "FLOWDECK_WRITER", "process"
-    ).strip().lower() != "thread":
+    if (
+        _module_for(sys.argv[1:]) == "console.commands.workflows"
+        and os.environ.get("FLOWDECK_WRITER", "process").strip().lower() != "thread"
+    ):
         # `run` and `resume` write through a writer process: start it now, so that its
         # interpreter starts while this one imports (the settings decide whether it is used).
         from engine import writer

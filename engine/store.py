@@ -26,7 +26,6 @@ import os
 import select
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from asyncio import _get_running_loop
@@ -651,7 +650,9 @@ class Store:
         return done
 
     @staticmethod
-    def _resolve(results: list[tuple[concurrent.futures.Future, Any, BaseException | None]]) -> None:
+    def _resolve(
+        results: list[tuple[concurrent.futures.Future, Any, BaseException | None]],
+    ) -> None:
         for fut, value, exc in results:
             if fut.done():
                 continue

@@ -18,9 +18,7 @@ from engine.store import Store
 
 
 def _writer_processes() -> list[psutil.Process]:
-    return [
-        p for p in psutil.Process().children() if "engine.writer" in " ".join(p.cmdline())
-    ]
+    return [p for p in psutil.Process().children() if "engine.writer" in " ".join(p.cmdline())]
 
 
 def test_rows_are_written_by_a_process_of_their_own(tmp_path):
@@ -79,7 +77,9 @@ async def test_rows_from_the_loop_go_out_once_per_iteration_and_land(tmp_path):
         )
         store.execute("INSERT INTO steps(run_id, step_id, status) VALUES ('r', 'a', 'pending')")
         for status in ("running", "succeeded"):
-            store.put(STEP_ROWS, (status, 1, 1.0, None, None, None, None, None, None, None, "r", "a"))
+            store.put(
+                STEP_ROWS, (status, 1, 1.0, None, None, None, None, None, None, None, "r", "a")
+            )
         store.put(
             ATTEMPT_ROWS,
             ("r", "a", 1, "py", None, "succeeded", 1.0, 2.0, 1000.0, None, None, None, None, None),
@@ -173,7 +173,9 @@ def test_many_producer_threads_in_either_mode(tmp_path, bulk_process):
         for t in range(n_threads):
             ts = [
                 r["ts"]
-                for r in store.query("SELECT ts FROM events WHERE run_id = ? ORDER BY id", (f"r{t}",))
+                for r in store.query(
+                    "SELECT ts FROM events WHERE run_id = ? ORDER BY id", (f"r{t}",)
+                )
             ]
             assert ts == [float(i) for i in range(per_thread)]
 
