@@ -11,6 +11,8 @@ layer before) and a chain of 200. For each shape:
 
 Prints wall time, µs/step overhead over bare asyncio, steps/s, the ratio engine/bare+db,
 peak RSS, and the time from process start to the first step of `flowdeck run` (a subprocess).
+Also SQLite's own share: the rows a real 50x20 run queued, written again in this process by
+the writer's code (no loop, no pipe, no second process): a floor under the engine's figure.
 
 Retry scheduling: the 50x20 shape with `retry: {attempts: 1}` against `retry: {attempts: 4,
 backoff: exponential, jitter: true}` when no step fails, runs interleaved (three times --repeat
@@ -123,6 +125,77 @@ async def engine_run(spec: WorkflowSpec, path: Path, *, bulk_process: bool = Tru
     return elapsed
 
 
+async def capture_rows(spec: WorkflowSpec, path: Path) -> list[tuple]:
+    """Run `spec` through the engine and return what it queued for the writer, in order:
+    (Rows or SQL text, values)."""
+    store = Store.open(path)
+    queued: list[tuple] = []
+    put, execute = store.put, store.execute
+
+    def recording_put(rows, values):  # type: ignore[no-untyped-def]
+        queued.append((rows, tuple(values)))
+        put(rows, values)
+
+    def recording_execute(sql, params=()):  # type: ignore[no-untyped-def]
+        queued.append((sql, tuple(params)))
+        execute(sql, params)
+
+    store.put, store.execute = recording_put, recording_execute  # type: ignore[method-assign]
+    try:
+        async with Engine(store, max_concurrency=100_000, poll_commands=False) as eng:
+            await eng.run(spec)
+    finally:
+        store.close()
+    return queued
+
+
+def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
+    """SQLite's own work for a 50x20 run's rows: the rows the engine queued in a real run,
+    written again in this process (no loop, no pipe) by the writer's own code in ten
+    transactions, onto the run's freshly created rows. Median seconds."""
+    from engine import writer
+
+    src = tmp / "floor-src.db"
+    queued = asyncio.run(capture_rows(spec, src))
+    conn = sqlite3.connect(src, isolation_level=None)
+    run_id = conn.execute("SELECT id FROM runs").fetchone()[0]
+    conn.close()
+    times = []
+    for i in range(repeat):
+        path = tmp / f"floor-{i}.db"
+        Store.open(path).close()  # the schema
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"ATTACH '{src}' AS src")
+        conn.execute("INSERT INTO runs SELECT * FROM src.runs")
+        conn.execute(
+            "INSERT INTO steps(run_id, step_id, agent, kind, status, priority, depth, needs, "
+            "destructive, max_attempts) SELECT run_id, step_id, agent, kind, 'pending', "
+            "priority, depth, needs, destructive, max_attempts FROM src.steps WHERE run_id = ?",
+            (run_id,),
+        )
+        conn.execute("DETACH src")
+        items: list[tuple] = []
+        defined: set[str] = set()
+        for what, values in queued:
+            if isinstance(what, str):
+                items.append((writer.SQL, what, values, None))
+                continue
+            if what.name not in defined:
+                defined.add(what.name)
+                items.append((writer.DEFINE, what.name, what.definition(), None))
+            items.append((writer.ROWS, what.name, values, None))
+        size = -(-len(items) // 10)
+        named: dict = {}
+        writer.bind_nulls_fast()
+        t = time.perf_counter()
+        for start in range(0, len(items), size):
+            writer.process(conn, items[start : start + size], None, lambda i, e: None, named)
+        times.append(time.perf_counter() - t)
+        conn.close()
+    return statistics.median(times)
+
+
 def first_step_latency(tmp: Path, repeat: int = 5) -> float:
     """Median time from starting `flowdeck run` to its first step, over `repeat` runs after one
     warm-up run. Python may write bytecode caches (as an installed package has them: pip
@@ -177,6 +250,11 @@ def main() -> None:
             f"{overhead_us:>8.1f} {n / em:>8.0f} {em / bdm:>8.2f} {etm * 1e3:>9.2f} "
             f"{(etm - bm) / n * 1e6:>8.1f}"
         )
+    floor = sqlite_floor(layered(50, 20), tmp, args.repeat)
+    print(
+        f"SQLite's own work for 50x20's rows (replayed in-process, 10 transactions): "
+        f"{floor * 1e3:.1f} ms = {floor / 1000 * 1e6:.1f} µs/step"
+    )
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     first = first_step_latency(tmp)
     print(f"peak RSS: {rss_mb:.1f} MB")
