@@ -162,7 +162,7 @@ def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
     conn.close()
     times = []
     for i in range(repeat):
-        path = tmp / f"floor-{i}.db"
+        path = Path(tempfile.mkdtemp(dir=tmp)) / "floor.db"
         Store.open(path).close()  # the schema
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -175,6 +175,7 @@ def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
             (run_id,),
         )
         conn.execute("DETACH src")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the run's rows in the file, log empty
         items: list[tuple] = []
         defined: set[str] = set()
         for what, values in queued:
@@ -186,11 +187,15 @@ def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
                 items.append((writer.DEFINE, what.name, what.definition(), None))
             items.append((writer.ROWS, what.name, values, None))
         size = -(-len(items) // 10)
+
+        def _failed(item: tuple, e: sqlite3.Error) -> None:
+            raise SystemExit(f"replaying {item[:2]} failed: {e}")
+
         named: dict = {}
         writer.bind_nulls_fast()
         t = time.perf_counter()
         for start in range(0, len(items), size):
-            writer.process(conn, items[start : start + size], None, lambda i, e: None, named)
+            writer.process(conn, items[start : start + size], None, _failed, named)
         times.append(time.perf_counter() - t)
         conn.close()
     return statistics.median(times)
