@@ -161,7 +161,7 @@ def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
     run_id = conn.execute("SELECT id FROM runs").fetchone()[0]
     conn.close()
     times = []
-    for i in range(repeat):
+    for _ in range(repeat):
         path = Path(tempfile.mkdtemp(dir=tmp)) / "floor.db"
         Store.open(path).close()  # the schema
         conn = sqlite3.connect(path, isolation_level=None)
