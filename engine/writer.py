@@ -377,13 +377,18 @@ def take_prespawned(args: Sequence[str]) -> Any:
     """The process `prespawn` started, told `args` (once; None if there is none or it died)."""
     global _prespawned
     child, _prespawned = _prespawned, None
-    if child is None or child.poll() is not None:
+    if child is None:
         return None
     try:
-        write_all(child.stdin.fileno(), encode(("open", *args)))
+        if child.poll() is None:
+            write_all(child.stdin.fileno(), encode(("open", *args)))
+            return child
     except OSError:
-        return None
-    return child
+        pass
+    for pipe in (child.stdin, child.stdout, child.stderr):  # dead or deaf: let it go
+        pipe.close()
+    child.wait()
+    return None
 
 
 def main(argv: list[str]) -> int:
