@@ -307,3 +307,22 @@ def test_validate_params_problems(params, problem):
 )
 def test_validate_params_accepts(params):
     assert shell.ShellAgent.validate_params(params) == []
+
+
+async def test_a_cancel_while_the_process_starts_ends_it_instead_of_hanging():
+    """Cancelled while asyncio connects the new process's pipes (the first turn of the loop
+    after the fork), a bare `create_subprocess_exec` waits for ever: the step must end, and
+    its process with it."""
+    agent = make_agent()
+    task = asyncio.create_task(agent.call(step(run="echo $$; sleep 30")))
+    children: list[psutil.Process] = []
+    for _ in range(1000):  # a turn of the loop at a time: the process is forked, its pipes not
+        await asyncio.sleep(0)  # yet connected (that takes asyncio further turns)
+        children = [p for p in psutil.Process().children(recursive=True) if _name(p) == "sh"]
+        if children:
+            break
+    assert children
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    await wait_gone(children)

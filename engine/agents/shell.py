@@ -193,6 +193,27 @@ async def _drain(pumps: list[asyncio.Task[None]], timeout: float) -> bool:
     return all(t.done() for t in pumps)
 
 
+async def _start(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """`asyncio.create_subprocess_exec`, never cancelled half way: cancelled while it connects
+    the new process's pipes, it waits for an exit it is never told of, for ever (CPython issues
+    103847 and 125502). A cancel meanwhile lets the start finish, kills the new process group,
+    then goes on."""
+    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(*argv, **kwargs))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        while not starting.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(starting)
+        if not starting.cancelled() and starting.exception() is None:
+            proc = starting.result()
+            _signal_group(proc.pid, signal.SIGKILL)  # it has not run long enough to clean up
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:  # our ends of its pipes, now rather than at collection
+                transport.close()
+        raise
+
+
 def _close_pipes(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]) -> None:
     still_open = False
     for task in pumps:
@@ -262,7 +283,7 @@ class ShellAgent(Agent):
             raise StepError(f"cwd: directory not found: {cwd}", ErrorClass.VALIDATION)
 
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await _start(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
