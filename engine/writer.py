@@ -131,17 +131,30 @@ class Rows:
             last[k] = row
         return list(last.values())
 
-    def write(self, conn: sqlite3.Connection, rows: list[Sequence[Any]]) -> None:
+    def write(
+        self, conn: sqlite3.Connection, rows: list[Sequence[Any]], after: dict[Rows, None]
+    ) -> None:
+        """Write `rows`; `before` runs at the first group of the transaction, and this `Rows`
+        is added to `after` (whose statements `finish` runs once, when the transaction's rows
+        are all written: one aggregated statement per transaction, not per group)."""
         rows = self.merge(rows)
-        for sql in self.before:
-            conn.execute(sql)
+        if self not in after:
+            for sql in self.before:
+                conn.execute(sql)
+            after[self] = None
         if not self.multi:
             conn.executemany(self.sql, rows)
         else:
             for sql, flat in self.chunks(rows):
                 conn.execute(sql, flat)
-        for sql in self.after:
+
+
+def finish(conn: sqlite3.Connection, after: dict[Rows, None]) -> None:
+    """Run the `after` statements of the `Rows` written since the last `finish`."""
+    for rows in after:
+        for sql in rows.after:
             conn.execute(sql)
+    after.clear()
 
 
 def values_sql(width: int, n: int) -> str:
@@ -172,11 +185,17 @@ def describe(e: sqlite3.Error, path: object) -> str:
 
 
 def _write(
-    conn: sqlite3.Connection, batch: list[tuple], other: Other | None, named: dict[str, Rows]
+    conn: sqlite3.Connection,
+    batch: list[tuple],
+    other: Other | None,
+    named: dict[str, Rows],
+    after: dict[Rows, None],
 ) -> list[Result]:
     # Consecutive statements with the same SQL run as one executemany, `Rows` between two other
     # items as one group each; anything else runs in queue order, so the result is that of
-    # running the queue in order. (At most one of `run_rows` and `groups` is non-empty.)
+    # running the queue in order. (At most one of `run_rows` and `groups` is non-empty.) The
+    # `after` statements of the groups written run before any other item (which may read what
+    # they maintain); those of the last groups are left in `after` for the caller (`finish`).
     results: list[Result] = []
     run_sql: str | None = None
     run_rows: list[Sequence[Any]] = []
@@ -196,13 +215,15 @@ def _write(
             continue
         if kind == DEFINE:
             if a not in named:
-                width, sql, key, sticky, before, after = b
-                named[a] = Rows(a, width, sql, key=key, sticky=sticky, before=before, after=after)
+                width, sql, key, sticky, before, after_ = b
+                named[a] = Rows(a, width, sql, key=key, sticky=sticky, before=before, after=after_)
             continue
         if groups:
             for rows, values in groups.items():
-                rows.write(conn, values)
+                rows.write(conn, values, after)
             groups = {}
+        if after:
+            finish(conn, after)
         if kind == SQL:
             if a is run_sql or a == run_sql:
                 run_rows.append(b)
@@ -223,7 +244,7 @@ def _write(
     if run_rows:
         conn.executemany(run_sql, run_rows)
     for rows, values in groups.items():
-        rows.write(conn, values)
+        rows.write(conn, values, after)
     return results
 
 
@@ -243,7 +264,9 @@ def process(
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = _write(conn, batch, other, named)
+            after: dict[Rows, None] = {}
+            results = _write(conn, batch, other, named, after)
+            finish(conn, after)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -254,17 +277,107 @@ def process(
         if len(batch) == 1:
             failed(batch[0], e)
             return 0, []
-        import logging
+        _replaying(len(batch), e)
+    return replay(conn, batch, other, failed, named)
 
-        logging.getLogger("flowdeck.store").warning(
-            "batch of %d failed (%s); replaying one by one", len(batch), e
-        )
+
+def replay(
+    conn: sqlite3.Connection,
+    batch: list[tuple],
+    other: Other | None,
+    failed: Callable[[tuple, sqlite3.Error], None],
+    named: dict[str, Rows],
+) -> tuple[int, list[Result]]:
+    """`process` each item of `batch` in a transaction of its own."""
     commits, results = 0, []
     for item in batch:
         n, r = process(conn, [item], other, failed, named)
         commits += n
         results += r
     return commits, results
+
+
+def _replaying(n: int, e: sqlite3.Error) -> None:
+    import logging
+
+    logging.getLogger("flowdeck.store").warning(
+        "batch of %d failed (%s); replaying one by one", n, e
+    )
+
+
+class Transaction:
+    """The writer process's open transaction, written into as items arrive.
+
+    Rows are written when they come, while the loop is still producing the next ones, so when
+    the pipe goes quiet or somebody waits at a gate only the commit is left (written at the
+    commit instead, a batch's SQLite work would all wait until then). One transaction gathers
+    what arrives for up to `COALESCE` seconds: each commit rewrites the pages it touched to
+    the write-ahead log, so fewer, larger transactions write less. If SQLite fails, the
+    transaction is rolled back and its items replayed one at a time, as `process` does.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        named: dict[str, Rows],
+        failed: Callable[[tuple, sqlite3.Error], None],
+    ):
+        self.connect = connect
+        self.named = named
+        self.failed = failed
+        self.items: list[tuple] = []
+        self.after: dict[Rows, None] = {}
+        self.began = 0.0
+
+    def write(self, items: list[tuple]) -> int:
+        """Write `items` (SQL, ROWS, DEFINE) into the transaction, beginning it if none is
+        open. Returns the transactions committed: 0, or more when a failure made it replay."""
+        if not items:
+            return 0
+        conn = self.connect()
+        try:
+            if not self.items:
+                conn.execute("BEGIN IMMEDIATE")
+                self.began = time.monotonic()
+            self.items += items
+            _write(conn, items, None, self.named, self.after)
+        except sqlite3.Error as e:
+            return self._replay(conn, e)
+        return 0
+
+    def settle(self) -> int:
+        """Run the `after` statements of the rows written so far (`finish`), so that the
+        commit has less to do. Returns the transactions committed (by a replay)."""
+        if not self.after:
+            return 0
+        conn = self.connect()
+        try:
+            finish(conn, self.after)
+        except sqlite3.Error as e:
+            return self._replay(conn, e)
+        return 0
+
+    def commit(self) -> int:
+        """Commit what was written (transactions committed: 0 if nothing was open)."""
+        if not self.items:
+            return 0
+        conn = self.connect()
+        try:
+            finish(conn, self.after)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            return self._replay(conn, e)
+        self.items = []
+        return 1
+
+    def _replay(self, conn: sqlite3.Connection, e: sqlite3.Error) -> int:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        self.after.clear()
+        items, self.items = self.items, []
+        if len(items) > 1:
+            _replaying(len(items), e)
+        return replay(conn, items, None, self.failed, self.named)[0]
 
 
 # --------------------------------------------------------------------------- the process
@@ -427,56 +540,56 @@ def main(argv: list[str]) -> int:
         return conn
 
     commits = 0
-    pending: list[tuple] = []
+    pending: list[tuple] = []  # read, not yet written
     opened: set[int] = set()
-    named: dict[str, Rows] = {}
 
     def failed(item: tuple, e: sqlite3.Error) -> None:
         write_all(out, encode(("e", describe(e, path))))
 
-    def take(messages: list[Any]) -> bool:
-        """Queue the messages' items; True if one is a gate."""
-        gated = False
+    txn = Transaction(connection, {}, failed)
+
+    def take(messages: list[Any]) -> None:
         for items in messages:
             for item in items:
                 if item[0] == OPEN:
                     opened.add(item[1])
                 else:
-                    gated = gated or item[0] == GATE
                     pending.append(item)
-        return gated
 
-    gated = take(early)
+    take(early)
     while True:
         if not pending:
-            gated = take(inp.read())
+            take(inp.read())
             if inp.eof and not pending:
                 break
-        # Group commit: while rows keep coming (a busy loop sends every iteration), gather them
-        # for up to COALESCE seconds; a quiet pipe (IDLE) or a gate (somebody waits) ends it.
-        # Fewer, larger transactions: each commit rewrites the pages it touched to the WAL.
-        until = time.monotonic() + COALESCE
-        while not gated and not inp.eof and len(pending) < MAX_BATCH:
-            left = until - time.monotonic()
-            if left <= 0 or not inp.ready(min(left, IDLE)):
+        # Group commit: while rows keep coming (a busy loop sends every iteration), write them
+        # into one transaction for up to COALESCE seconds; a quiet pipe (IDLE), a gate
+        # (somebody waits) or the end of input commits it.
+        while True:
+            gate: int | None = None
+            end = min(len(pending), MAX_BATCH - len(txn.items))
+            for i in range(end):
+                if pending[i][0] == GATE:
+                    gate, end = pending[i][1], i
+                    break
+            commits += txn.write(pending[:end])
+            del pending[:end]
+            if gate is not None or inp.eof or len(txn.items) >= MAX_BATCH or not txn.items:
                 break
-            gated = take(inp.read())
-        gate: int | None = None
-        end = min(len(pending), MAX_BATCH)
-        for i in range(end):
-            if pending[i][0] == GATE:
-                gate, end = pending[i][1], i
+            left = txn.began + COALESCE - time.monotonic()
+            if left <= 0:
                 break
-        batch = pending[:end]
-        del pending[: end + (gate is not None)]
-        if batch:
-            n, _ = process(connection(), batch, None, failed, named)
-            commits += n
-        gated = False
+            if not inp.ready():  # nothing to read: bring the rollups up to date meanwhile
+                commits += txn.settle()
+                if not txn.items or not inp.ready(min(left, IDLE)):
+                    break
+            take(inp.read())
+        commits += txn.commit()
         if gate is not None:
+            del pending[0]
             write_all(out, encode(("g", gate, commits)))
             while gate not in opened:
-                gated = take(inp.read()) or gated  # a gate among them: do not linger after
+                take(inp.read())
                 if inp.eof:
                     return 0
             opened.discard(gate)

@@ -372,6 +372,80 @@ def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_fact
     assert got == expected
 
 
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("step"), _step_row),
+            st.tuples(st.just("attempt"), _attempt_row),
+            st.tuples(st.just("event"), _event_row),
+            st.tuples(st.just("sql"), _plain_sql),
+            st.tuples(st.just("bad"), st.just(("INSERT INTO nowhere VALUES (1)", ()))),
+        ),
+        max_size=60,
+    ),
+    cuts=st.lists(st.tuples(st.integers(0, 60), st.sampled_from(["", "settle", "commit"]))),
+)
+def test_a_transaction_written_as_items_arrive_gives_the_result_of_every_row_in_turn(
+    tmp_path_factory, ops, cuts
+):
+    """The writer process writes items into its open transaction as they arrive, in pieces,
+    brings the rollups up to date when the pipe is quiet (`settle`) and commits now and then:
+    the database ends exactly as one statement per row in queue order would leave it. A
+    statement that fails rolls the transaction back and replays it an item at a time: only
+    that statement is lost, and it is reported once."""
+    from engine import writer
+    from engine.events import EVENT_ROWS
+    from engine.runner import ATTEMPT_ROWS, STEP_ROWS
+
+    kinds = {"step": STEP_ROWS, "attempt": ATTEMPT_ROWS, "event": EVENT_ROWS}
+    d = tmp_path_factory.mktemp("txn")
+    plain = sqlite3.connect(d / "plain.db", isolation_level=None)
+    migrations.migrate(plain)
+    _seed(plain)
+    for kind, row in ops:
+        if kind == "sql":
+            plain.execute(*row)
+        elif kind != "bad":
+            plain.execute(kinds[kind].statement(1), row)
+    expected = _state(lambda q: plain.execute(q).fetchall())
+    plain.close()
+
+    conn = sqlite3.connect(d / "pieces.db", isolation_level=None)
+    migrations.migrate(conn)
+    _seed(conn)
+    items: list[tuple] = []
+    for kind, row in ops:
+        if kind in ("sql", "bad"):
+            items.append((writer.SQL, row[0], row[1], None))
+        else:
+            rows = kinds[kind]
+            items.append((writer.DEFINE, rows.name, rows.definition(), None))
+            items.append((writer.ROWS, rows.name, row, None))
+    failed: list[tuple] = []
+    txn = writer.Transaction(lambda: conn, {}, lambda item, e: failed.append(item))
+    at = 0
+    for cut, then in sorted(cuts):
+        cut = min(cut * 2, len(items))
+        if cut > at:
+            txn.write(items[at:cut])
+            at = cut
+        if then == "settle":
+            txn.settle()
+        elif then == "commit":
+            txn.commit()
+    txn.write(items[at:])
+    txn.commit()
+    assert not conn.in_transaction
+    got = _state(lambda q: conn.execute(q).fetchall())
+    assert conn.execute("SELECT count(*) FROM attempt_bulk").fetchone()[0] == 0
+    conn.close()
+    assert got == expected
+    assert [item[1] for item in failed] == [row[0] for kind, row in ops if kind == "bad"]
+
+
 def test_rows_chunks_cover_every_row_in_order():
     from engine.store import CHUNK_SIZES, Rows
 
