@@ -1002,13 +1002,7 @@ class Engine:
     async def submit(
         self, spec: WorkflowSpec, inputs: dict[str, Any] | None = None, *, source: str | None = None
     ) -> RunExecution:
-        """Create a run and start it; its rows are committed before this returns.
-
-        The steps start while the writer inserts the run's rows: everything they write is
-        queued after those rows and so written after them, and a step that must be on record
-        before it acts (destructive, not idempotent) waits for everything queued before its
-        call anyway. If the rows cannot be written, the run is cancelled and the error raised.
-        """
+        """Create a run (committed before this returns) and start it."""
         inputs = dict(inputs or {})
         run_id = new_run_id()
         plan = plan_for(spec)
@@ -1033,26 +1027,22 @@ class Engine:
         try:
             await self._loaded()  # the breakers' states, also read meanwhile
             await self._refresh_breakers()
+            await asyncio.wrap_future(created)
         except BaseException:
-            # The rows are written all the same (the writer does not stop for us): end the
-            # run as cancelled, queued after them, so none is left pending with nobody to run
-            # it.
-            self.store.execute(CANCEL_UNSTARTED_RUN, (self.clock(), run_id))
-            self.store.execute(CANCEL_UNSTARTED_STEPS, (self.clock(), run_id))
-            self.events.emit("run.cancelled", run_id, None, reason="cancelled before it started")
+            failed = created.done() and not created.cancelled() and created.exception()
+            if not failed:  # not when the rows themselves could not be written
+                # The rows are written all the same (the writer does not stop for us): end the
+                # run as cancelled, queued after them, so none is left pending with nobody to
+                # run it.
+                self.store.execute(CANCEL_UNSTARTED_RUN, (self.clock(), run_id))
+                self.store.execute(CANCEL_UNSTARTED_STEPS, (self.clock(), run_id))
+                self.events.emit(
+                    "run.cancelled", run_id, None, reason="cancelled before it started"
+                )
             raise
         self.events.emit("run.created", run_id, None, workflow=spec.name, steps=len(spec.steps))
         self.runs[run_id] = run
         run.start()
-        try:
-            await asyncio.wrap_future(created)
-        except BaseException as e:
-            # Cancelled while the rows were written (they land all the same), or they could
-            # not be written: either way the run does not go on.
-            run.cancel(
-                "cancelled" if isinstance(e, asyncio.CancelledError) else f"not recorded: {e}"
-            )
-            raise
         return run
 
     async def run(
