@@ -411,7 +411,9 @@ class Store:
             if item[0] in _GATED:
                 n = self._gate_seq = self._gate_seq + 1
                 self._gates[n] = item
-                batch[i] = (_GATE, n, None, None)
+                # Only a call makes the process wait for the gate to open (this thread writes
+                # meanwhile); at a barrier or a stop it commits, answers and goes on.
+                batch[i] = (_GATE, n, item[0] == _CALL, None)
 
     def _write_child(self, frame: bytes) -> None:
         """Write `frame` to the process without ever waiting (call with `_send_lock` held).
@@ -585,10 +587,10 @@ class Store:
                 stopped = stopped or item[0] == _STOP
                 if item[0] == _CALL:
                     results = self._run_items(conn, [item])
+                    with self._send_lock:
+                        self._write_child(writer.encode([(_OPEN_GATE, n, None, None)]))
                 else:
                     results = [(item[3], None, None)] if item[3] is not None else []
-                with self._send_lock:
-                    self._write_child(writer.encode([(_OPEN_GATE, n, None, None)]))
                 self._resolve(results)
         if stopped:
             child.stdin.close()  # type: ignore[union-attr]

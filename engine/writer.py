@@ -44,7 +44,8 @@ SQL, CALL, BARRIER, STOP, ROWS, DEFINE, GATE, OPEN = range(8)
 """Kinds of queue items, (kind, a, b, token): SQL (sql, params), ROWS (statement name, row),
 DEFINE (statement name, `Rows.definition()`: before its first row), and CALL, BARRIER and STOP,
 which the writer thread runs. Between the store and its writer process those three travel as
-GATE (number) and come back opened as OPEN (number)."""
+GATE (number, wait): the process commits what came before and answers; for a call (`wait`) it
+then writes nothing until the gate comes back opened as OPEN (number)."""
 
 VALUES = "{values}"
 COALESCE = 0.02
@@ -507,9 +508,10 @@ def take_prespawned(args: Sequence[str]) -> Any:
 def main(argv: list[str]) -> int:
     """The bulk writer process: queue items from stdin, replies on stdout.
 
-    In: lists of items, SQL / ROWS / DEFINE to write, (GATE, n) where the writer thread runs an
-    item of its own, (OPEN, n) when it has. Out: ("g", n, commits) once everything before gate n
-    is committed (the process then writes nothing until OPEN n arrives), ("e", message) for a
+    In: lists of items, SQL / ROWS / DEFINE to write, (GATE, n, wait) for a call, barrier or
+    stop, (OPEN, n) when the writer thread has run a call. Out: ("g", n, commits) once everything
+    before gate n is committed (with `wait`, a call, the process then writes nothing until OPEN n
+    arrives: the writer thread writes meanwhile), ("e", message) for a
     statement that failed. Ends at end of input, after writing what it read. It has a process
     group of its own (a Ctrl-C at the terminal is for the engine, which may still have rows to
     write) and ignores SIGINT and SIGTERM sent to it directly.
@@ -570,7 +572,7 @@ def main(argv: list[str]) -> int:
             end = min(len(pending), MAX_BATCH - len(txn.items))
             for i in range(end):
                 if pending[i][0] == GATE:
-                    gate, end = pending[i][1], i
+                    gate, wait, end = pending[i][1], pending[i][2], i
                     break
             commits += txn.write(pending[:end])
             del pending[:end]
@@ -588,7 +590,7 @@ def main(argv: list[str]) -> int:
         if gate is not None:
             del pending[0]
             write_all(out, encode(("g", gate, commits)))
-            while gate not in opened:
+            while wait and gate not in opened:
                 take(inp.read())
                 if inp.eof:
                     return 0

@@ -272,3 +272,35 @@ def test_a_refused_file_stays_byte_identical_though_the_process_starts_first(tmp
         Store.open(path)
     assert {p.pid for p in _writer_processes()} <= before  # it ended
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == snapshot
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["barrier", "call"])
+def test_the_process_goes_on_after_a_barrier_but_waits_at_a_call(tmp_path, wait):
+    """At a gate the process commits what came before and answers. At a barrier (somebody
+    only waits for the commit) it then goes on writing; at a call it writes nothing more until
+    the gate is opened, since the writer thread writes meanwhile."""
+    from engine import writer
+
+    path = tmp_path / "g.db"
+    Store.open(path).close()
+    child = writer.spawn([str(path), "NORMAL", "5000"])
+    try:
+        define = (writer.DEFINE, EVENT_ROWS.name, EVENT_ROWS.definition(), None)
+
+        def event(kind: str) -> tuple:
+            return (writer.ROWS, EVENT_ROWS.name, (1.0, "r", None, kind, "{}"), None)
+
+        send = child.stdin.fileno()
+        writer.write_all(
+            send, writer.encode([define, event("before"), (writer.GATE, 1, wait, None)])
+        )
+        assert writer.FrameReader(child.stdout.fileno()).read() == [("g", 1, 1)]
+        writer.write_all(send, writer.encode([event("after")]))  # the gate is never opened
+        child.stdin.close()
+        assert child.wait(10) == 0
+    finally:
+        child.stdout.close()
+        child.stderr.close()
+    with Store.open(path) as store:
+        kinds = [r["kind"] for r in store.query("SELECT kind FROM events ORDER BY id")]
+    assert kinds == (["before"] if wait else ["before", "after"])
