@@ -11,8 +11,10 @@ layer before) and a chain of 200. For each shape:
 
 Prints wall time, µs/step overhead over bare asyncio, steps/s, the ratio engine/bare+db,
 peak RSS, and the time from process start to the first step of `flowdeck run` (a subprocess).
-Also SQLite's own share: the rows a real 50x20 run queued, written again in this process by
-the writer's code (no loop, no pipe, no second process): a floor under the engine's figure.
+For 50x20 it splits the engine's time into creating the run (its rows committed), running the
+steps, and the wait from the last step to everything committed. Also SQLite's own share: the
+rows a real 50x20 run queued, written again in this process by the writer's code (no loop, no
+pipe, no second process); the writer process does that work beside the loop.
 
 Retry scheduling: the 50x20 shape with `retry: {attempts: 1}` against `retry: {attempts: 4,
 backoff: exponential, jitter: true}` when no step fails, runs interleaved (three times --repeat
@@ -111,15 +113,29 @@ async def bare_db(layers: int, width: int, path: Path) -> float:
     return elapsed
 
 
-async def engine_run(spec: WorkflowSpec, path: Path, *, bulk_process: bool = True) -> float:
+async def engine_run(
+    spec: WorkflowSpec,
+    path: Path,
+    *,
+    bulk_process: bool = True,
+    phases: list[tuple[float, float, float]] | None = None,
+) -> float:
+    """Seconds from submitting `spec` to everything committed (what `Engine.run` waits for).
+    `phases` gets (run created, steps, last step -> everything committed) in seconds."""
     store = Store.open(path, bulk_process=bulk_process)
     try:
         async with Engine(store, max_concurrency=100_000, poll_commands=False) as eng:
             await store.flush()  # the store is up (its writer process answers)
             t = time.perf_counter()
-            run = await eng.run(spec)
+            run = await eng.submit(spec)
+            created = time.perf_counter()
+            await asyncio.shield(run.done)
+            ended = time.perf_counter()
+            await run.wait()  # and everything committed
             elapsed = time.perf_counter() - t
             assert run.status.value == "succeeded", run.status
+            if phases is not None:
+                phases.append((created - t, ended - created, t + elapsed - ended))
     finally:
         store.close()
     return elapsed
@@ -235,26 +251,34 @@ def main() -> None:
         return
     print(f"{'shape':>9} {'steps':>6} {'bare ms':>8} {'bare+db':>8} {'engine':>8} "
           f"{'µs/step':>8} {'steps/s':>8} {'×bare+db':>8} {'thread-w':>9} {'µs/step':>8}")  # fmt: skip
-    results = {}
+    results: dict[str, float] = {}
+    split: dict[str, list[float]] = {}
     for name, (layers, width) in SHAPES.items():
         spec = layered(layers, width)
         n = layers * width
         b, bd, e, et = [], [], [], []
+        phases: list[tuple[float, float, float]] = []
         for i in range(args.repeat):
             b.append(asyncio.run(bare(layers, width)))
             bd.append(asyncio.run(bare_db(layers, width, tmp / f"bare-{name}-{i}.db")))
-            e.append(asyncio.run(engine_run(spec, tmp / f"engine-{name}-{i}.db")))
+            e.append(asyncio.run(engine_run(spec, tmp / f"engine-{name}-{i}.db", phases=phases)))
             et.append(
                 asyncio.run(engine_run(spec, tmp / f"thread-{name}-{i}.db", bulk_process=False))
             )
         bm, bdm, em, etm = (statistics.median(x) for x in (b, bd, e, et))
         overhead_us = (em - bm) / n * 1e6
         results[name] = overhead_us
+        split[name] = [statistics.median(p[k] for p in phases) * 1e3 for k in range(3)]
         print(
             f"{name:>9} {n:>6} {bm * 1e3:>8.2f} {bdm * 1e3:>8.2f} {em * 1e3:>8.2f} "
             f"{overhead_us:>8.1f} {n / em:>8.0f} {em / bdm:>8.2f} {etm * 1e3:>9.2f} "
             f"{(etm - bm) / n * 1e6:>8.1f}"
         )
+    created, steps, committed = split["50x20"]
+    print(
+        f"50x20 engine, where the time goes (medians): run created {created:.1f} ms, steps "
+        f"{steps:.1f} ms, last step -> everything committed {committed:.1f} ms"
+    )
     floor = sqlite_floor(layered(50, 20), tmp, args.repeat)
     print(
         f"SQLite's own work for 50x20's rows (replayed in-process, 10 transactions): "
