@@ -135,9 +135,10 @@ class Rows:
     def write(
         self, conn: sqlite3.Connection, rows: list[Sequence[Any]], after: dict[Rows, None]
     ) -> None:
-        """Write `rows`; `before` runs at the first group of the transaction, and this `Rows`
-        is added to `after` (whose statements `finish` runs once, when the transaction's rows
-        are all written: one aggregated statement per transaction, not per group)."""
+        """Write `rows`. `before` runs unless this `Rows` is already in `after`, where it is
+        then added: its `after` statements wait for `finish`, which runs them once for every
+        group written since (before an item of another kind, when the writer's input is quiet,
+        and at the commit), not once per group."""
         rows = self.merge(rows)
         if self not in after:
             for sql in self.before:
@@ -310,8 +311,8 @@ class Transaction:
     """The writer process's open transaction, written into as items arrive.
 
     Rows are written when they come, while the loop is still producing the next ones, so when
-    the pipe goes quiet or somebody waits at a gate only the commit is left (written at the
-    commit instead, a batch's SQLite work would all wait until then). One transaction gathers
+    the pipe goes quiet or somebody waits at a gate only the commit is left (had they waited for
+    the commit, all of their SQLite work would come after the loop's). One transaction gathers
     what arrives for up to `COALESCE` seconds: each commit rewrites the pages it touched to
     the write-ahead log, so fewer, larger transactions write less. If SQLite fails, the
     transaction is rolled back and its items replayed one at a time, as `process` does.
