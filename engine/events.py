@@ -81,13 +81,13 @@ class EventLog:
 
     def emit(
         self, kind: str, run_id: str | None = None, step_id: str | None = None, **data: Any
-    ) -> Event:
-        ev = Event(kind, run_id, step_id, data, self.clock())
-        encoded = _encode(data) if data else "{}"
-        self.store.put(EVENT_ROWS, (ev.ts, run_id, step_id, kind, encoded))
-        for listener in self.listeners:
-            listener(ev)
-        return ev
+    ) -> None:
+        ts = self.clock()
+        self.store.put(EVENT_ROWS, (ts, run_id, step_id, kind, _encode(data) if data else "{}"))
+        if self.listeners:  # the Event is made only for somebody listening
+            ev = Event(kind, run_id, step_id, data, ts)
+            for listener in self.listeners:
+                listener(ev)
 
 
 def row_to_event(row: dict[str, Any]) -> Event:
