@@ -16,6 +16,10 @@ steps, and the wait from the last step to everything committed. Also SQLite's ow
 rows a real 50x20 run queued, written again in this process by the writer's code (no loop, no
 pipe, no second process); the writer process does that work beside the loop.
 
+Other writers: another process writes a small row every 20 ms while the engine runs 20-step
+no-op runs back to back, against the same with the engine idle (the writer process must not
+keep the write lock from an operator's approval).
+
 Retry scheduling: the 50x20 shape with `retry: {attempts: 1}` against `retry: {attempts: 4,
 backoff: exponential, jitter: true}` when no step fails, runs interleaved (three times --repeat
 each); the second must cost at most 5% more (`--retry-only` runs just this comparison).
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import sqlite3
@@ -217,6 +222,58 @@ def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
     return statistics.median(times)
 
 
+OTHER_WRITER = r"""
+import json, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
+conn.execute("PRAGMA synchronous = NORMAL")
+times, end = [], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    t = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO commands(created_at, kind, status) VALUES (?, 'probe', 'done')",
+                 (time.time(),))
+    conn.execute("COMMIT")
+    times.append((time.perf_counter() - t) * 1e3)
+    time.sleep(0.02)
+print(json.dumps(times))
+"""
+"""Another process writing a small row every 20 ms (an approval, a command): its latencies."""
+
+
+async def other_writer_under_load(path: Path, seconds: float, *, load: bool) -> list[float]:
+    """Latencies of `OTHER_WRITER` on `path` while an engine runs 20-step no-op runs back to
+    back (`load`), or with the engine idle."""
+    store = Store.open(path)
+    spec = layered(5, 4)
+    try:
+        async with Engine(store, max_concurrency=100_000, poll_commands=False) as eng:
+            await eng.run(spec)  # the file and the writer process are up
+            probe = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", OTHER_WRITER, str(path), str(seconds),
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            waiting = asyncio.ensure_future(probe.communicate())
+            while load and not waiting.done():
+                await eng.submit(spec)
+                await asyncio.sleep(0.001)
+            out, _ = await waiting
+    finally:
+        store.close()
+    return sorted(json.loads(out))
+
+
+def other_writer(tmp: Path, seconds: float = 4.0) -> None:
+    def pct(xs: list[float], q: float) -> float:
+        return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+    idle = asyncio.run(other_writer_under_load(tmp / "other-idle.db", seconds, load=False))
+    busy = asyncio.run(other_writer_under_load(tmp / "other-busy.db", seconds, load=True))
+    print("another process's small write (BEGIN IMMEDIATE .. COMMIT), p50 / p90 / max:")
+    for name, xs in (("engine idle", idle), ("engine busy", busy)):
+        print(f"  {name:<12} {pct(xs, 0.5):6.1f} / {pct(xs, 0.9):6.1f} / {xs[-1]:6.1f} ms")
+    print(f"  p90 busy / idle: {pct(busy, 0.9) / max(pct(idle, 0.9), 1e-3):.1f}")
+
+
 def first_step_latency(tmp: Path, repeat: int = 5) -> float:
     """Median time from starting `flowdeck run` to its first step, over `repeat` runs after one
     warm-up run. Python may write bytecode caches (as an installed package has them: pip
@@ -289,6 +346,7 @@ def main() -> None:
     print(f"peak RSS: {rss_mb:.1f} MB")
     print(f"process start -> first step (flowdeck run): {first * 1000:.0f} ms (target ≤ 300 ms)")
     print(f"50x20 overhead: {results['50x20']:.1f} µs/step (target ≤ 40 µs/step)")
+    other_writer(tmp)
     retry_comparison(tmp, 3 * args.repeat)  # a difference of a few %: more runs than above
 
 

@@ -49,9 +49,7 @@ then writes nothing until the gate comes back opened as OPEN (number)."""
 
 VALUES = "{values}"
 COALESCE = 0.02
-"""Seconds the writer process gathers rows that keep arriving before it commits them."""
-IDLE = 0.002
-"""Seconds without new rows after which it commits what it has."""
+"""Seconds at most that the writer process keeps a transaction open while rows keep coming."""
 
 
 class Rows:
@@ -137,8 +135,8 @@ class Rows:
     ) -> None:
         """Write `rows`. `before` runs unless this `Rows` is already in `after`, where it is
         then added: its `after` statements wait for `finish`, which runs them once for every
-        group written since (before an item of another kind, when the writer's input is quiet,
-        and at the commit), not once per group."""
+        group written since (before an item of another kind, and at the commit), not once per
+        group."""
         rows = self.merge(rows)
         if self not in after:
             for sql in self.before:
@@ -311,10 +309,8 @@ class Transaction:
     """The writer process's open transaction, written into as items arrive.
 
     Rows are written when they come, while the loop is still producing the next ones, so when
-    the pipe goes quiet or somebody waits at a gate only the commit is left (had they waited for
-    the commit, all of their SQLite work would come after the loop's). One transaction gathers
-    what arrives for up to `COALESCE` seconds: each commit rewrites the pages it touched to
-    the write-ahead log, so fewer, larger transactions write less. If SQLite fails, the
+    the process catches up or somebody waits at a gate only the commit is left (had they waited
+    for the commit, all of their SQLite work would come after the loop's). If SQLite fails, the
     transaction is rolled back and its items replayed one at a time, as `process` does.
     """
 
@@ -343,18 +339,6 @@ class Transaction:
                 self.began = time.monotonic()
             self.items += items
             _write(conn, items, None, self.named, self.after)
-        except sqlite3.Error as e:
-            return self._replay(conn, e)
-        return 0
-
-    def settle(self) -> int:
-        """Run the `after` statements of the rows written so far (`finish`), so that the
-        commit has less to do. Returns the transactions committed (by a replay)."""
-        if not self.after:
-            return 0
-        conn = self.connect()
-        try:
-            finish(conn, self.after)
         except sqlite3.Error as e:
             return self._replay(conn, e)
         return 0
@@ -565,9 +549,11 @@ def main(argv: list[str]) -> int:
             take(inp.read())
             if inp.eof and not pending:
                 break
-        # Group commit: while rows keep coming (a busy loop sends every iteration), write them
-        # into one transaction for up to COALESCE seconds; a quiet pipe (IDLE), a gate
-        # (somebody waits) or the end of input commits it.
+        # Group commit: rows are written as they come, into one transaction while more is
+        # already waiting in the pipe (a busy loop sends every iteration), for up to COALESCE
+        # seconds. Once it has caught up, or at a gate (somebody waits) or the end of input, it
+        # commits: the write lock is never held while the process waits for input, so other
+        # processes' writes (an approval, a command) get in between.
         while True:
             gate: int | None = None
             end = min(len(pending), MAX_BATCH - len(txn.items))
@@ -579,13 +565,8 @@ def main(argv: list[str]) -> int:
             del pending[:end]
             if gate is not None or inp.eof or len(txn.items) >= MAX_BATCH or not txn.items:
                 break
-            left = txn.began + COALESCE - time.monotonic()
-            if left <= 0:
+            if txn.began + COALESCE <= time.monotonic() or not inp.ready():
                 break
-            if not inp.ready():  # nothing to read: bring the rollups up to date meanwhile
-                commits += txn.settle()
-                if not txn.items or not inp.ready(min(left, IDLE)):
-                    break
             take(inp.read())
         commits += txn.commit()
         if gate is not None:

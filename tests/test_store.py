@@ -386,13 +386,13 @@ def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_fact
         ),
         max_size=60,
     ),
-    cuts=st.lists(st.tuples(st.integers(0, 60), st.sampled_from(["", "settle", "commit"]))),
+    cuts=st.lists(st.tuples(st.integers(0, 60), st.booleans())),
 )
 def test_a_transaction_written_as_items_arrive_gives_the_result_of_every_row_in_turn(
     tmp_path_factory, ops, cuts
 ):
     """The writer process writes items into its open transaction as they arrive, in pieces,
-    brings the rollups up to date when the pipe is quiet (`settle`) and commits now and then:
+    and commits now and then:
     the database ends exactly as one statement per row in queue order would leave it. A
     statement that fails rolls the transaction back and replays it an item at a time: only
     that statement is lost, and it is reported once."""
@@ -427,14 +427,12 @@ def test_a_transaction_written_as_items_arrive_gives_the_result_of_every_row_in_
     failed: list[tuple] = []
     txn = writer.Transaction(lambda: conn, {}, lambda item, e: failed.append(item))
     at = 0
-    for cut, then in sorted(cuts):
+    for cut, commit in sorted(cuts):
         cut = min(cut * 2, len(items))
         if cut > at:
             txn.write(items[at:cut])
             at = cut
-        if then == "settle":
-            txn.settle()
-        elif then == "commit":
+        if commit:
             txn.commit()
     txn.write(items[at:])
     txn.commit()
