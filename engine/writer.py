@@ -274,35 +274,35 @@ def process(
             raise
         return 1, results
     except sqlite3.Error as e:
-        if len(batch) == 1:
-            failed(batch[0], e)
-            return 0, []
-        _replaying(len(batch), e)
-    return replay(conn, batch, other, failed, named)
+        return _recover(conn, batch, e, other, failed, named)
 
 
-def replay(
+def _recover(
     conn: sqlite3.Connection,
     batch: list[tuple],
+    e: sqlite3.Error,
     other: Other | None,
     failed: Callable[[tuple, sqlite3.Error], None],
     named: dict[str, Rows],
 ) -> tuple[int, list[Result]]:
-    """`process` each item of `batch` in a transaction of its own."""
+    """After `batch` failed with `e` (its transaction rolled back here if still open): report a
+    lone item to `failed`, or `process` each item in a transaction of its own."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    if len(batch) == 1:
+        failed(batch[0], e)
+        return 0, []
+    import logging
+
+    logging.getLogger("flowdeck.store").warning(
+        "batch of %d failed (%s); replaying one by one", len(batch), e
+    )
     commits, results = 0, []
     for item in batch:
         n, r = process(conn, [item], other, failed, named)
         commits += n
         results += r
     return commits, results
-
-
-def _replaying(n: int, e: sqlite3.Error) -> None:
-    import logging
-
-    logging.getLogger("flowdeck.store").warning(
-        "batch of %d failed (%s); replaying one by one", n, e
-    )
 
 
 class Transaction:
@@ -357,13 +357,9 @@ class Transaction:
         return 1
 
     def _replay(self, conn: sqlite3.Connection, e: sqlite3.Error) -> int:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
         self.after.clear()
         items, self.items = self.items, []
-        if len(items) > 1:
-            _replaying(len(items), e)
-        return replay(conn, items, None, self.failed, self.named)[0]
+        return _recover(conn, items, e, None, self.failed, self.named)[0]
 
 
 # --------------------------------------------------------------------------- the process

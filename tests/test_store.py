@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -323,38 +324,48 @@ _plain_sql = st.sampled_from(
 )
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    ops=st.lists(
-        st.one_of(
-            st.tuples(st.just("step"), _step_row),
-            st.tuples(st.just("attempt"), _attempt_row),
-            st.tuples(st.just("event"), _event_row),
-            st.tuples(st.just("sql"), _plain_sql),
-        ),
-        max_size=60,
-    )
-)
-def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_factory, ops):
-    """Rows gathered per statement, merged per key and written as multi-row statements leave
-    the database exactly as one statement per row in queue order would (triggers included)."""
+_ROW_OPS = [
+    st.tuples(st.just("step"), _step_row),
+    st.tuples(st.just("attempt"), _attempt_row),
+    st.tuples(st.just("event"), _event_row),
+    st.tuples(st.just("sql"), _plain_sql),
+]
+"""Queue items for the store's batched statements: (what, row or (sql, params))."""
+
+
+def _rows_of() -> dict:
     from engine.events import EVENT_ROWS
     from engine.runner import ATTEMPT_ROWS, STEP_ROWS
 
-    kinds = {"step": STEP_ROWS, "attempt": ATTEMPT_ROWS, "event": EVENT_ROWS}
-    d = tmp_path_factory.mktemp("rows")
-    plain = sqlite3.connect(d / "plain.db", isolation_level=None)
+    return {"step": STEP_ROWS, "attempt": ATTEMPT_ROWS, "event": EVENT_ROWS}
+
+
+def _one_row_at_a_time(path: Path, ops: list[tuple]) -> tuple:
+    """The state after writing `ops` one statement per row, in order ("bad" ops left out)."""
+    kinds = _rows_of()
+    plain = sqlite3.connect(path, isolation_level=None)
     migrations.migrate(plain)
     _seed(plain)
     for kind, row in ops:
         if kind == "sql":
             plain.execute(*row)
-        else:
+        elif kind != "bad":
             plain.execute(kinds[kind].statement(1), row)
     expected = _state(lambda q: plain.execute(q).fetchall())
     plain.close()
+    return expected
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=st.lists(st.one_of(*_ROW_OPS), max_size=60))
+def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_factory, ops):
+    """Rows gathered per statement, merged per key and written as multi-row statements leave
+    the database exactly as one statement per row in queue order would (triggers included)."""
+    kinds = _rows_of()
+    d = tmp_path_factory.mktemp("rows")
+    expected = _one_row_at_a_time(d / "plain.db", ops)
 
     with Store.open(d / "batched.db") as s:
         s.run_sync(_seed)
@@ -378,11 +389,7 @@ def test_batched_rows_give_the_result_of_writing_every_row_in_turn(tmp_path_fact
 @given(
     ops=st.lists(
         st.one_of(
-            st.tuples(st.just("step"), _step_row),
-            st.tuples(st.just("attempt"), _attempt_row),
-            st.tuples(st.just("event"), _event_row),
-            st.tuples(st.just("sql"), _plain_sql),
-            st.tuples(st.just("bad"), st.just(("INSERT INTO nowhere VALUES (1)", ()))),
+            *_ROW_OPS, st.tuples(st.just("bad"), st.just(("INSERT INTO nowhere VALUES (1)", ())))
         ),
         max_size=60,
     ),
@@ -397,21 +404,10 @@ def test_a_transaction_written_as_items_arrive_gives_the_result_of_every_row_in_
     statement that fails rolls the transaction back and replays it an item at a time: only
     that statement is lost, and it is reported once."""
     from engine import writer
-    from engine.events import EVENT_ROWS
-    from engine.runner import ATTEMPT_ROWS, STEP_ROWS
 
-    kinds = {"step": STEP_ROWS, "attempt": ATTEMPT_ROWS, "event": EVENT_ROWS}
+    kinds = _rows_of()
     d = tmp_path_factory.mktemp("txn")
-    plain = sqlite3.connect(d / "plain.db", isolation_level=None)
-    migrations.migrate(plain)
-    _seed(plain)
-    for kind, row in ops:
-        if kind == "sql":
-            plain.execute(*row)
-        elif kind != "bad":
-            plain.execute(kinds[kind].statement(1), row)
-    expected = _state(lambda q: plain.execute(q).fetchall())
-    plain.close()
+    expected = _one_row_at_a_time(d / "plain.db", ops)
 
     conn = sqlite3.connect(d / "pieces.db", isolation_level=None)
     migrations.migrate(conn)
