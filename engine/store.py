@@ -309,6 +309,7 @@ class Store:
         if mode != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
         migrations.migrate(conn)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {writer.CHECKPOINT_PAGES}")
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close every connection."""
@@ -534,11 +535,17 @@ class Store:
             if self._child is not None and self._gatekeeper(conn, self._child):
                 return
             items, wake = self._items, self._wake
+            checked = self._commits[0]  # transactions committed at the last checkpoint
             while True:
                 if not items:
                     self._idle = True
                     if not items:
-                        wake.acquire()  # until a producer releases it
+                        if checked == self._commits[0]:
+                            wake.acquire()  # until a producer releases it
+                        elif not wake.acquire(timeout=writer.CHECKPOINT_IDLE):
+                            writer.checkpoint(conn)  # a pause in the engine's work
+                            checked = self._commits[0]
+                            wake.acquire()
                     self._idle = False
                     continue
                 batch = [items.popleft() for _ in range(min(len(items), MAX_BATCH))]

@@ -493,3 +493,56 @@ def test_producers_in_many_threads_lose_nothing_and_never_stall(store):
             for r in store.query("SELECT ts FROM events WHERE run_id = ? ORDER BY id", (f"r{t}",))
         ]
         assert ts == sorted(ts)
+
+
+def _rows_in_file_alone(path: Path, tmp_path: Path) -> int | None:
+    """Events in the database file itself, read from a copy without its WAL (what checkpoints
+    have copied there); None while the file does not have the table yet."""
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(path.read_bytes())
+    conn = sqlite3.connect(copy)
+    try:
+        return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+
+
+def _wait_for_rows_in_file(path: Path, tmp_path: Path, n: int) -> int | None:
+    deadline = time.monotonic() + 10
+    while (got := _rows_in_file_alone(path, tmp_path)) != n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+@pytest.mark.parametrize("bulk_process", [True, False], ids=["process", "thread"])
+def test_the_wal_is_copied_into_the_file_in_a_pause_not_at_a_busy_commit(tmp_path, bulk_process):
+    """Checkpoints wait for a pause in the writes: a commit that brings the WAL past SQLite's
+    default 1,000 pages does not copy it then (that cost 20-30 ms in the middle of a run), and
+    once nothing comes for a moment the writer copies everything into the file."""
+    from engine import writer
+
+    path = tmp_path / "f.db"
+    page = "x" * 4000
+    rows = 1500  # about 1,500 pages: past SQLite's default, below the writers' cap
+    assert 1000 < rows < writer.CHECKPOINT_PAGES
+    with Store.open(path, bulk_process=bulk_process) as s:
+        s.execute("INSERT INTO events(ts, kind) VALUES (0, 'small')")
+        s.flush_sync()
+        assert _wait_for_rows_in_file(path, tmp_path, 1) == 1  # the pause after it
+        s.run_sync(
+            lambda db: db.executemany(
+                "INSERT INTO events(ts, kind, data) VALUES (?, 'big', ?)",
+                [(float(i), page) for i in range(rows)],
+            ),
+            raw=True,
+        )
+        hold = threading.Event()
+        held = s.call(lambda db: hold.wait(10))  # the writers are busy meanwhile
+        try:
+            assert _rows_in_file_alone(path, tmp_path) == 1  # the big ones still in the WAL
+        finally:
+            hold.set()
+            held.result()
+        assert _wait_for_rows_in_file(path, tmp_path, rows + 1) == rows + 1
