@@ -918,11 +918,9 @@ def measure(
 ) -> Measurements:
     """Read everything a snapshot needs (call inside one read transaction)."""
     groups = _groups(conn, since, now)
-    if since is None:  # streams over runs_status; all steps minus those not ended
+    if since is None:  # streams over runs_status and steps_ended (ended steps only)
         runs = _by(conn, "SELECT status, count(*) FROM runs GROUP BY 1")
-        steps = _one(conn, "SELECT count(*) FROM steps") - _one(
-            conn, "SELECT count(*) FROM steps WHERE ended_at IS NULL"
-        )
+        steps = _one(conn, "SELECT count(*) FROM steps WHERE ended_at IS NOT NULL")
     else:
         runs = _by(
             conn,

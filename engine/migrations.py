@@ -519,6 +519,20 @@ def _bulk_attempts(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
+def _steps_ended_partial(conn: sqlite3.Connection) -> None:
+    """`steps_ended` holds ended steps only. The steps of a run are created pending and all
+    updated twice or more before they end: with NULLs in the index, each of those writes also
+    moved an index entry (1 ms of a 50x20 run's creation, 1.5 ms of its updates); the counts
+    of ended steps read the index as before (`engine.analytics.measure`)."""
+    _script(
+        conn,
+        """
+        DROP INDEX steps_ended;
+        CREATE INDEX steps_ended ON steps(ended_at) WHERE ended_at IS NOT NULL
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_core", _core),
     ("0002_analytics", _analytics),
@@ -528,6 +542,7 @@ MIGRATIONS: list[Migration] = [
     ("0006_breakers_retry_at", _breakers_retry_at),
     ("0007_list_indexes", _list_indexes),
     ("0008_bulk_attempts", _bulk_attempts),
+    ("0009_steps_ended_partial", _steps_ended_partial),
 ]
 """Every migration in order. Append only."""
 

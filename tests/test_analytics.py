@@ -797,3 +797,24 @@ def test_stats_cli_errors(db_path: Path, tmp_path: Path, cli: Any) -> None:
     assert r.code == 2 and "AGENT=MS" in r.stderr
     r = cli("stats", "--db", str(tmp_path / "missing.db"), "--json")
     assert r.code == 3 and r.stdout == ""
+
+
+def test_an_older_file_gets_steps_ended_for_ended_steps_only(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0009: the index of ended steps leaves out the steps not ended (created pending, each
+    updated more than once before it ends); the counts read from it stay exact."""
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:8])
+        with Store.open(db_path) as old:
+            for sid, ended in (("a", NOW - 10), ("b", NOW - DAY), ("c", None), ("d", None)):
+                old.execute(
+                    "INSERT INTO steps(run_id, step_id, status, ended_at) VALUES ('r', ?, ?, ?)",
+                    (sid, "pending" if ended is None else "succeeded", ended),
+                )
+    with Store.open(db_path) as store:  # applies 0009
+        sql = store.query("SELECT sql FROM sqlite_master WHERE name = 'steps_ended'")[0]["sql"]
+        assert sql.split()[-5:] == ["WHERE", "ended_at", "IS", "NOT", "NULL"]
+        assert snap(store, None).runs.steps_ended == 2
+        assert snap(store, NOW - HOUR).runs.steps_ended == 1
+        same(snap(store, None).model_dump(), naive(store, None).model_dump())
