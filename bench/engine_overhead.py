@@ -187,6 +187,7 @@ def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
         Store.open(path).close()  # the schema
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {writer.CHECKPOINT_PAGES}")  # as the writers
         conn.execute(f"ATTACH '{src}' AS src")
         conn.execute("INSERT INTO runs SELECT * FROM src.runs")
         conn.execute(
