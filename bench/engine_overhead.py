@@ -45,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from engine import writer  # noqa: E402
 from engine.models import WorkflowSpec  # noqa: E402
 from engine.runner import Engine  # noqa: E402
 from engine.store import Store  # noqa: E402
@@ -174,7 +175,6 @@ def sqlite_floor(spec: WorkflowSpec, tmp: Path, repeat: int) -> float:
     """SQLite's own work for a 50x20 run's rows: the rows the engine queued in a real run,
     written again in this process (no loop, no pipe) by the writer's own code in ten
     transactions, onto the run's freshly created rows. Median seconds."""
-    from engine import writer
 
     src = tmp / "floor-src.db"
     queued = asyncio.run(capture_rows(spec, src))
@@ -227,6 +227,7 @@ OTHER_WRITER = r"""
 import json, sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
 conn.execute("PRAGMA synchronous = NORMAL")
+conn.execute(f"PRAGMA wal_autocheckpoint = {int(sys.argv[3])}")  # as a flowdeck store's writer
 times, end = [], time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:
     t = time.perf_counter()
@@ -238,7 +239,9 @@ while time.monotonic() < end:
     time.sleep(0.02)
 print(json.dumps(times))
 """
-"""Another process writing a small row every 20 ms (an approval, a command): its latencies."""
+"""Another process writing a small row every 20 ms (an approval, a command) as a flowdeck store
+does (the writers' checkpoint cap: with SQLite's default, a commit while an engine that never
+pauses has the WAL past 1,000 pages would copy it): its latencies."""
 
 
 async def other_writer_under_load(path: Path, seconds: float, *, load: bool) -> list[float]:
@@ -251,7 +254,7 @@ async def other_writer_under_load(path: Path, seconds: float, *, load: bool) -> 
             await eng.run(spec)  # the file and the writer process are up
             probe = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", OTHER_WRITER, str(path), str(seconds),
-                stdout=subprocess.PIPE,
+                str(writer.CHECKPOINT_PAGES), stdout=subprocess.PIPE,
             )  # fmt: skip
             waiting = asyncio.ensure_future(probe.communicate())
             while load and not waiting.done():

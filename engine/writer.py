@@ -52,11 +52,13 @@ COALESCE = 0.02
 """Seconds at most that the writer process keeps a transaction open while rows keep coming."""
 CHECKPOINT_IDLE = 0.1
 """Seconds without input after which a writer copies the WAL into the database file."""
-CHECKPOINT_PAGES = 4000
+CHECKPOINT_PAGES = 2000
 """`PRAGMA wal_autocheckpoint` of the writer connections: SQLite checkpoints at a commit only
 once the WAL has this many pages, a cap for loads that never pause. At SQLite's default (1,000
 pages, about one 50x20 run here) the commit that crossed it copied the pages then, 20-30 ms in
-the middle of a run; the writers checkpoint when idle instead (`checkpoint`)."""
+the middle of a run; the writers checkpoint when idle instead (`checkpoint`). Under a load
+that never pauses, the checkpoints at the cap are what leaves the write lock free for a while
+to other processes: a higher cap makes their writes wait longer (see README)."""
 
 
 class Rows:
