@@ -19,6 +19,8 @@ import os
 import struct
 import sys
 import time
+from _operator import itemgetter  # the C module (`operator` is a Python wrapper over it)
+from itertools import chain
 
 try:  # the C module itself: the package adds only deprecated date adapters (and ~5 ms of imports)
     import _sqlite3 as sqlite3
@@ -77,7 +79,7 @@ class Rows:
     Rows are queued by name; the statement travels once (`definition`).
     """
 
-    __slots__ = ("_cache", "after", "before", "key", "name", "sql", "sticky", "width")
+    __slots__ = ("_cache", "_key_of", "after", "before", "key", "name", "sql", "sticky", "width")
 
     def __init__(
         self,
@@ -98,6 +100,7 @@ class Rows:
         self.before = before
         self.after = after
         self._cache: dict[int, str] = {}
+        self._key_of = itemgetter(*key) if key else None
 
     def definition(self) -> tuple:
         """What `Rows(name, *definition)` needs (plain data, for the writer process)."""
@@ -118,18 +121,18 @@ class Rows:
         i, n = 0, len(rows)
         for size in CHUNK_SIZES:
             while n - i >= size:
-                yield self.statement(size), [v for row in rows[i : i + size] for v in row]
+                yield self.statement(size), list(chain.from_iterable(rows[i : i + size]))
                 i += size
 
     def merge(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
         """The last row per key (merged as described above), in order of each key's last row."""
-        key = self.key
-        if key is None:
+        key_of = self._key_of
+        if key_of is None:
             return rows
-        last: dict[tuple, Sequence[Any]] = {}
+        last: dict[Any, Sequence[Any]] = {}
         sticky = self.sticky
         for row in rows:
-            k = tuple(row[i] for i in key)
+            k = key_of(row)
             old = last.pop(k, None)
             if old is not None and sticky:
                 row = list(row)
