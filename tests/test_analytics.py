@@ -818,3 +818,30 @@ def test_an_older_file_gets_steps_ended_for_ended_steps_only(
         assert snap(store, None).runs.steps_ended == 2
         assert snap(store, NOW - HOUR).runs.steps_ended == 1
         same(snap(store, None).model_dump(), naive(store, None).model_dump())
+
+
+def test_an_older_file_gets_one_insert_trigger_and_the_sums_stay_exact(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0010: inserts into `attempts` run one trigger (rollups and latency histogram together)
+    instead of two; rows inserted before and after the migration, then updated and deleted,
+    leave every sum as counting the rows from scratch gives."""
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:9])
+        with Store.open(db_path) as old:
+            add_attempts(old, fixture_rows()[:6])
+    with Store.open(db_path) as store:  # applies 0010
+        triggers = {
+            r["name"]
+            for r in store.query(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%INSERT ON%'"
+            )
+        }
+        assert triggers == {"attempts_insert"}
+        add_attempts(store, [dict(r, run="run2") for r in fixture_rows()[6:]])
+        assert_rollup_exact(store)
+        store.execute("UPDATE attempts SET duration_ms = duration_ms * 3 WHERE id % 2 = 0")
+        store.execute("DELETE FROM attempts WHERE id % 3 = 0")
+        store.flush_sync()
+        assert_rollup_exact(store)
+        same(snap(store, None).model_dump(), naive(store, None).model_dump())
